@@ -1,0 +1,132 @@
+"""``train``, ``synth`` and ``demo`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import UserError
+
+
+def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {pair!r}: expected section.key=value, e.g. --set optim.learning_rate=3e-4")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    tr = sub.add_parser("train", help="train without a supervisor")
+    tr.add_argument("--config", required=True, help="config file or shipped config name (default, tiny-cpu)")
+    tr.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
+                    help="continue from the newest good checkpoint of the run (or from CKPT, ours or NVIDIA's)")
+    tr.add_argument("--warm-start", type=Path, metavar="CKPT", help="start from these weights (new optimizer, step 0)")
+    tr.add_argument("--ignore-layers", default="", help="comma-separated layers not taken from --warm-start, "
+                                                         "e.g. embedding.weight")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set train.max_steps=100 (repeatable)")
+    tr.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    tr.set_defaults(func=_cmd_train)
+
+    sy = sub.add_parser("synth", help="speak text with a checkpoint (Griffin-Lim vocoder)")
+    sy.add_argument("--checkpoint", required=True, type=Path)
+    sy.add_argument("--text", required=True)
+    sy.add_argument("--out", required=True, type=Path, help="wav file; the alignment plot goes beside it (.png)")
+    sy.add_argument("--config", help="config for NVIDIA checkpoints (ours carry their own)")
+    sy.add_argument("--max-decoder-steps", type=int, default=None)
+    sy.add_argument("--gate-threshold", type=float, default=None)
+    sy.add_argument("--griffin-lim-iters", type=int, default=60)
+    sy.set_defaults(func=_cmd_synth)
+
+    de = sub.add_parser("demo", help="build an espeak-ng dataset and train tiny-cpu on it")
+    de.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
+    de.add_argument("--n", type=int, default=240, help="utterances to synthesise (default 240)")
+    de.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    de.add_argument("--config", default="tiny-cpu")
+    de.set_defaults(func=_cmd_demo)
+
+
+def run_training(config, resume=False, warm_start=None, ignore_layers=(), mlflow=True) -> str:
+    """Build a vanilla (unsupervised) trainer with console and MLflow callbacks and run it."""
+    from trainer.callbacks import ConsoleProgress
+    from trainer.loop import Trainer
+
+    callbacks: list = [ConsoleProgress(config.train.log_every)]
+    if mlflow and config.tracking.enabled:
+        from trainer.tracking import MlflowLogger
+
+        callbacks.append(MlflowLogger(config.tracking, config.run_dir))
+    trainer = Trainer(config, callbacks=callbacks, resume=resume, warm_start=warm_start,
+                      ignore_layers=ignore_layers)
+    # SIGTERM/SIGINT: finish the step, write a final checkpoint, exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: trainer.request_stop(signal.Signals(signum).name))
+    return trainer.train()
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from trainer.config import load_config
+
+    config = load_config(args.config, _parse_overrides(args.set))
+    ignore = [s.strip() for s in args.ignore_layers.split(",") if s.strip()]
+    if ignore and args.warm_start is None:
+        raise UserError("--ignore-layers only applies with --warm-start CKPT")
+    run_training(config, resume=args.resume, warm_start=args.warm_start, ignore_layers=ignore,
+                 mlflow=not args.no_mlflow)
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    import warnings
+
+    from trainer.config import load_config
+    from trainer.inference import synthesize_to_files
+
+    config = load_config(args.config) if args.config else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wav, plot, result = synthesize_to_files(
+            args.checkpoint, args.text, args.out, config, max_decoder_steps=args.max_decoder_steps,
+            gate_threshold=args.gate_threshold, griffin_lim_iters=args.griffin_lim_iters)
+    for w in caught:
+        print(f"warning: {w.message}")
+    seconds = len(result.audio) / (config or _config_of(args.checkpoint)).audio.sampling_rate
+    print(f"wrote {wav} ({seconds:.2f} s) and {plot}")
+    return 0
+
+
+def _config_of(checkpoint: Path):
+    from trainer.checkpoint import load_checkpoint
+    from trainer.config import RunConfig
+
+    ours = load_checkpoint(checkpoint).get("smart_tuner")
+    return RunConfig.model_validate(ours["config"]) if ours else RunConfig()
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from trainer.config import load_config
+    from trainer.data.espeak import build_espeak_dataset
+    from trainer.inference import synthesize_to_files
+
+    data_dir = args.out / "data"
+    if not (data_dir / "train.txt").exists():
+        print(build_espeak_dataset(out_dir=data_dir, n=args.n, voice="en-us", sentences_file=None, max_chars=60,
+                                   min_chars=15, val_fraction=0.1, seed=1234, rate=None, jobs=None))
+    config = load_config(args.config, {
+        "run_dir": str(args.out), "data.training_files": str(data_dir / "train.txt"),
+        "data.validation_files": str(data_dir / "val.txt"), "train.max_steps": args.steps,
+    })
+    run_training(config, resume=True)
+    best = config.run_dir / "checkpoints" / "best.pt"
+    ckpt = best if best.exists() else sorted((config.run_dir / "checkpoints").glob("checkpoint_*.pt"))[-1]
+    wav, plot, result = synthesize_to_files(ckpt, config.eval.probe_sentences[0], config.run_dir / "sample.wav")
+    print(f"demo sample: {wav} and {plot} ({'stopped' if result.stopped else 'gate never fired'})")
+    print(f"MLflow: mlflow ui --backend-store-uri sqlite:///{(config.run_dir / 'mlflow.db').resolve()}")
+    return 0

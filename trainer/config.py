@@ -1,0 +1,272 @@
+"""Typed configuration for the trainer.
+
+Every part of the trainer takes the narrow slice it needs (``AudioConfig`` for the
+mel front end, ``ModelConfig`` for the network, ...), never the whole ``RunConfig``.
+Defaults equal NVIDIA/tacotron2's ``create_hparams()`` so that ``configs/default.yaml``
+is their LJSpeech recipe and their checkpoints load at default settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from trainer.errors import UserError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    # A misspelt key is a user error, not something to ignore silently.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AudioConfig(_Section):
+    """Mel front end; the defaults are NVIDIA's TacotronSTFT defaults."""
+
+    sampling_rate: int = Field(22050, gt=0)
+    filter_length: int = Field(1024, gt=0)
+    hop_length: int = Field(256, gt=0)
+    win_length: int = Field(1024, gt=0)
+    n_mel_channels: int = Field(80, gt=0)
+    mel_fmin: float = Field(0.0, ge=0)
+    mel_fmax: float = Field(8000.0, gt=0)
+    max_wav_value: float = Field(32768.0, gt=0)
+    log_clamp: float = Field(1e-5, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "AudioConfig":
+        if self.win_length > self.filter_length:
+            raise ValueError("win_length must not exceed filter_length")
+        if self.mel_fmax > self.sampling_rate / 2:
+            raise ValueError("mel_fmax must not exceed sampling_rate / 2")
+        return self
+
+    def cache_key(self) -> str:
+        """Stable fingerprint: a mel cache is valid only for identical settings."""
+        import hashlib
+        import json
+
+        return hashlib.sha1(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+class TextConfig(_Section):
+    """Which alphabet and which cleaners turn text into symbol ids."""
+
+    language: Literal["en", "ru"] = "en"
+    # Default: the language's own cleaners (english_cleaners / russian_cleaners).
+    cleaners: list[str] = Field(default_factory=lambda: ["english_cleaners"])
+
+    @model_validator(mode="after")
+    def _language_cleaners(self) -> "TextConfig":
+        if "cleaners" not in self.model_fields_set and self.language == "ru":
+            self.__dict__["cleaners"] = ["russian_cleaners"]
+        return self
+
+
+class DataConfig(_Section):
+    training_files: Path = Path("filelists/ljs_audio_text_train_filelist.txt")
+    validation_files: Path = Path("filelists/ljs_audio_text_val_filelist.txt")
+    # Where cached mels live; default: ``.mel_cache`` beside the training filelist.
+    cache_dir: Path | None = None
+    batch_size: int = Field(64, gt=0)
+    # Batches are drawn from buckets of this many batches of similar length.
+    bucket_batches: int = Field(8, ge=1)
+    num_workers: int = Field(0, ge=0)
+    max_audio_seconds: float = Field(15.0, gt=0)
+    # Audit thresholds (``smart-tuner data check``).
+    silence_top_db: float = Field(40.0, gt=0)
+    max_edge_silence_seconds: float = Field(0.5, ge=0)
+
+
+class ModelConfig(_Section):
+    """Tacotron2 sizes; names follow NVIDIA's hparams."""
+
+    symbols_embedding_dim: int = Field(512, gt=0)
+    encoder_kernel_size: int = Field(5, gt=0)
+    encoder_n_convolutions: int = Field(3, gt=0)
+    encoder_embedding_dim: int = Field(512, gt=0)
+    n_frames_per_step: int = Field(1, ge=1, le=8)
+    decoder_rnn_dim: int = Field(1024, gt=0)
+    prenet_dim: int = Field(256, gt=0)
+    prenet_dropout: float = Field(0.5, ge=0, lt=1)
+    max_decoder_steps: int = Field(1000, gt=0)
+    gate_threshold: float = Field(0.5, gt=0, lt=1)
+    p_attention_dropout: float = Field(0.1, ge=0, lt=1)
+    p_decoder_dropout: float = Field(0.1, ge=0, lt=1)
+    attention_rnn_dim: int = Field(1024, gt=0)
+    attention_dim: int = Field(128, gt=0)
+    attention_location_n_filters: int = Field(32, gt=0)
+    attention_location_kernel_size: int = Field(31, gt=0)
+    postnet_embedding_dim: int = Field(512, gt=0)
+    postnet_kernel_size: int = Field(5, gt=0)
+    postnet_n_convolutions: int = Field(5, ge=2)
+
+    @model_validator(mode="after")
+    def _odd_kernels(self) -> "ModelConfig":
+        for name in ("encoder_kernel_size", "attention_location_kernel_size", "postnet_kernel_size"):
+            if getattr(self, name) % 2 == 0:
+                raise ValueError(f"{name} must be odd so that 'same' padding keeps the length")
+        return self
+
+
+class LossConfig(_Section):
+    # Positive weight of the stop-token BCE: one positive frame per utterance
+    # against hundreds of negatives collapses the gate unless it is weighted.
+    gate_pos_weight: float = Field(1.0, gt=0)
+    # Guided-attention loss (Tachibana et al. 2017); 0 turns it off.
+    guided_attention_weight: float = Field(0.0, ge=0)
+    guided_attention_sigma: float = Field(0.2, gt=0)
+
+
+class OptimConfig(_Section):
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-6, ge=0)
+    adam_eps: float = Field(1e-6, gt=0)
+    grad_clip_thresh: float = Field(1.0, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    # Exponential decay after ``decay_start``: lr * decay_rate ** ((step - start) / decay_steps).
+    decay_start: int | None = Field(None, ge=0)
+    decay_rate: float = Field(0.5, gt=0, le=1)
+    decay_steps: int = Field(50_000, gt=0)
+    min_learning_rate: float = Field(1e-5, ge=0)
+
+
+class TrainConfig(_Section):
+    seed: int = 1234
+    max_steps: int = Field(500_000, gt=0)
+    # Stop after this many minutes of wall time (None: no limit); checkpoints first.
+    max_minutes: float | None = Field(None, gt=0)
+    log_every: int = Field(10, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    cudnn_benchmark: bool = False
+    torch_threads: int | None = Field(None, gt=0)
+
+
+class EvalConfig(_Section):
+    every_steps: int = Field(1000, gt=0)
+    # Validation batches per evaluation (None: the whole validation set).
+    max_batches: int | None = Field(None, gt=0)
+    # Free-running probe sentences: does inference stop by itself?
+    probe_sentences: list[str] = Field(
+        default_factory=lambda: [
+            "The quick brown fox jumps over the lazy dog.",
+            "Printing, in the only sense with which we are at present concerned.",
+        ]
+    )
+    probe_max_decoder_steps: int = Field(1000, gt=0)
+    # Diagonality: attention mass within +-band of the normalised diagonal.
+    diagonal_band: float = Field(0.2, gt=0, le=1)
+    # An utterance counts as aligned when focus and diagonality both pass.
+    aligned_focus: float = Field(0.5, gt=0, le=1)
+    aligned_diagonality: float = Field(0.9, gt=0, le=1)
+
+
+class CheckpointConfig(_Section):
+    every_steps: int = Field(1000, gt=0)
+    keep_last: int = Field(3, ge=1)
+    keep_best: bool = True
+    best_metric: str = "val_loss"
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    # None: a SQLite store inside the run folder.
+    tracking_uri: str | None = None
+    experiment_name: str = "smart-tuner"
+    run_name: str | None = None
+
+
+class RunConfig(_Section):
+    """A whole training run. Built from YAML by :func:`load_config`."""
+
+    run_dir: Path = Path("runs/default")
+    audio: AudioConfig = Field(default_factory=AudioConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+class ConfigError(UserError):
+    """A config file that cannot be used; the message names file, line and field."""
+
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """Accept a path, or the bare name of a shipped config (``tiny-cpu``)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    for candidate in (CONFIG_DIR / f"{name_or_path}.yaml", CONFIG_DIR / str(name_or_path)):
+        if candidate.exists():
+            return candidate
+    shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))) or "none"
+    raise ConfigError(f"{name_or_path}: no such config file (shipped configs: {shipped})")
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at ``loc`` (or of its deepest existing parent)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == str(key)), None)
+            if match is None:
+                # The key is missing or misspelt: point at the key itself if present.
+                key_node = next((k for k, _ in node.value if k.value == str(key)), None)
+                return key_node.start_mark.line + 1 if key_node is not None else line
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def parse_config(text: str, source: str = "<config>", overrides: dict[str, Any] | None = None) -> RunConfig:
+    try:
+        raw = yaml.safe_load(text) or {}
+        node = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (audio:, model:, ...), got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        target = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            field = ".".join(str(p) for p in loc) or "(top level)"
+            line = _line_of(node, loc)
+            where = f"{source}:{line}" if line else source
+            got = f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], dict) else ""
+            lines.append(f"{where}: {field}: {err['msg']}{got}")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML config; ``overrides`` maps dotted keys (``optim.learning_rate``) to values."""
+    resolved = resolve_config_path(path)
+    try:
+        text = resolved.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{resolved}: cannot read config ({exc.strerror})") from None
+    return parse_config(text, str(resolved), overrides)

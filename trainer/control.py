@@ -1,0 +1,258 @@
+"""The trainer's control port: telemetry out, commands in.
+
+This module is the trainer's public contract with anything that supervises it
+(``policies`` and ``agent`` import these types). It is deliberately free of torch so
+that importing it is cheap.
+
+The loop calls the port at step boundaries only:
+
+* ``emit_step`` after every optimizer step (ports batch these; it must be cheap),
+* ``emit_eval`` after every evaluation, ``emit_checkpoint`` after every save,
+* ``poll`` for queued commands, applying each and answering with ``acknowledge``.
+
+Commands carry an id; the trainer applies an id at most once and acknowledges a
+repeat as a duplicate, so a port may safely deliver a command twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Annotated, Literal, Protocol, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StepTelemetry(_Record):
+    step: int
+    epoch: int
+    wall_time: float
+    lr: float
+    loss: float
+    mel_loss: float
+    mel_postnet_loss: float
+    gate_loss: float
+    guided_attention_loss: float
+    grad_norm: float
+    grad_clip: float
+    guided_attention_weight: float
+    gate_pos_weight: float
+    step_seconds: float
+    skipped_steps: int  # cumulative count of updates skipped for non-finite loss/gradients
+    finite: bool  # was this step's loss and gradient finite (False: update skipped)
+
+
+class EvalRecord(_Record):
+    step: int
+    wall_time: float
+    val_loss: float
+    val_mel_loss: float
+    val_mel_postnet_loss: float
+    val_gate_loss: float
+    val_guided_attention_loss: float
+    diagonality: float
+    focus: float
+    aligned_fraction: float
+    gate_accuracy: float
+    probe_stop_rate: float
+    alignment_image: str | None = None
+
+
+class CheckpointRecord(_Record):
+    step: int
+    path: str
+    wall_time: float
+    reason: str  # periodic | command | best | final | rollback-anchor
+    val_loss: float | None = None
+    diagonality: float | None = None
+    finite: bool = True  # were the weights finite when saved
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class _Command(_Record):
+    id: str = Field(default_factory=_new_id)
+    issued_at: float = Field(default_factory=time.time)
+
+
+class SetLearningRate(_Command):
+    kind: Literal["set_lr"] = "set_lr"
+    value: float | None = Field(None, gt=0)
+    factor: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one(self) -> "SetLearningRate":
+        if (self.value is None) == (self.factor is None):
+            raise ValueError("give exactly one of value or factor")
+        return self
+
+
+class SetGuidedAttention(_Command):
+    kind: Literal["set_guided_attention"] = "set_guided_attention"
+    weight: float = Field(ge=0)
+    sigma: float | None = Field(None, gt=0)
+
+
+class SetGatePosWeight(_Command):
+    kind: Literal["set_gate_pos_weight"] = "set_gate_pos_weight"
+    value: float = Field(gt=0)
+
+
+class SetGradClip(_Command):
+    kind: Literal["set_grad_clip"] = "set_grad_clip"
+    value: float = Field(gt=0)
+
+
+class SaveCheckpoint(_Command):
+    kind: Literal["save_checkpoint"] = "save_checkpoint"
+
+
+class Rollback(_Command):
+    """Restore weights, optimizer and loss weights from a checkpoint and skip batches.
+
+    ``step`` picks the checkpoint saved at that step; None means the newest good one.
+    The data position is *not* rewound: training continues with fresh batches after
+    skipping ``skip_batches`` more, so the offending batches are not replayed.
+    """
+
+    kind: Literal["rollback"] = "rollback"
+    step: int | None = None
+    skip_batches: int = Field(0, ge=0)
+
+
+HYPERPARAMETERS = ("learning_rate", "guided_attention_weight", "guided_attention_sigma", "gate_pos_weight",
+                   "grad_clip_thresh", "weight_decay")
+
+
+class ApplyHyperparameters(_Command):
+    kind: Literal["apply_hparams"] = "apply_hparams"
+    values: dict[str, float]
+
+    @model_validator(mode="after")
+    def _known(self) -> "ApplyHyperparameters":
+        unknown = set(self.values) - set(HYPERPARAMETERS)
+        if unknown:
+            raise ValueError(f"unknown hyperparameters {sorted(unknown)}; known: {list(HYPERPARAMETERS)}")
+        return self
+
+
+class Pause(_Command):
+    kind: Literal["pause"] = "pause"
+
+
+class Resume(_Command):
+    kind: Literal["resume"] = "resume"
+
+
+class Stop(_Command):
+    kind: Literal["stop"] = "stop"
+
+
+Command = Annotated[
+    Union[SetLearningRate, SetGuidedAttention, SetGatePosWeight, SetGradClip, SaveCheckpoint, Rollback,
+          ApplyHyperparameters, Pause, Resume, Stop],
+    Field(discriminator="kind"),
+]
+command_adapter: TypeAdapter[Command] = TypeAdapter(Command)
+
+
+def parse_command(data: dict | str) -> Command:
+    """Build a command from a dict or JSON (as stored in a journal)."""
+    if isinstance(data, str):
+        return command_adapter.validate_json(data)
+    return command_adapter.validate_python(data)
+
+
+class CommandResult(_Record):
+    command_id: str
+    kind: str
+    ok: bool
+    detail: str
+    step: int
+    duplicate: bool = False
+
+
+class ControlPort(Protocol):
+    def emit_step(self, record: StepTelemetry) -> None: ...
+    def emit_eval(self, record: EvalRecord) -> None: ...
+    def emit_checkpoint(self, record: CheckpointRecord) -> None: ...
+    def poll(self) -> list[Command]: ...
+    def acknowledge(self, result: CommandResult) -> None: ...
+    def close(self) -> None: ...
+
+
+class NullPort:
+    """The port of an unsupervised run: telemetry goes nowhere, no commands come."""
+
+    def emit_step(self, record: StepTelemetry) -> None:
+        pass
+
+    def emit_eval(self, record: EvalRecord) -> None:
+        pass
+
+    def emit_checkpoint(self, record: CheckpointRecord) -> None:
+        pass
+
+    def poll(self) -> list[Command]:
+        return []
+
+    def acknowledge(self, result: CommandResult) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class InMemoryPort:
+    """A thread-safe port kept in memory: for tests, notebooks and in-process drivers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: deque[Command] = deque()
+        self.steps: list[StepTelemetry] = []
+        self.evals: list[EvalRecord] = []
+        self.checkpoints: list[CheckpointRecord] = []
+        self.acks: list[CommandResult] = []
+        self.closed = False
+
+    def send(self, command: Command) -> Command:
+        with self._lock:
+            self._queue.append(command)
+        return command
+
+    def emit_step(self, record: StepTelemetry) -> None:
+        with self._lock:
+            self.steps.append(record)
+
+    def emit_eval(self, record: EvalRecord) -> None:
+        with self._lock:
+            self.evals.append(record)
+
+    def emit_checkpoint(self, record: CheckpointRecord) -> None:
+        with self._lock:
+            self.checkpoints.append(record)
+
+    def poll(self) -> list[Command]:
+        with self._lock:
+            out = list(self._queue)
+            self._queue.clear()
+        return out
+
+    def acknowledge(self, result: CommandResult) -> None:
+        with self._lock:
+            self.acks.append(result)
+
+    def ack_for(self, command_id: str) -> CommandResult | None:
+        with self._lock:
+            return next((a for a in self.acks if a.command_id == command_id), None)
+
+    def close(self) -> None:
+        self.closed = True

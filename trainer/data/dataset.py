@@ -1,0 +1,199 @@
+"""Training data: cached mels, tokenised text, length-bucketed resumable batches.
+
+* Mels are computed once into ``<cache_dir>/<audio settings fingerprint>/`` and read
+  back as ``.npy`` files; changing any audio setting changes the fingerprint, so a
+  stale cache is never used. A clip's cache entry is also keyed by its size and
+  modification time, so re-recorded audio is recomputed.
+* Batches come from buckets of similar length (less padding, fewer decoder steps)
+  in an order that depends only on (seed, epoch), so a run resumes at the exact
+  batch where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from trainer.audio import load_wav, mel_spectrogram
+from trainer.config import AudioConfig, DataConfig, TextConfig
+from trainer.data.filelist import Entry, read_filelist
+from trainer.errors import UserError
+from trainer.text import TextError, text_to_sequence
+
+
+class DatasetError(UserError):
+    pass
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".npy.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class MelCache:
+    def __init__(self, root: Path, audio: AudioConfig) -> None:
+        self.audio = audio
+        self.dir = Path(root) / audio.cache_key()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        settings = self.dir / "settings.json"
+        if not settings.exists():
+            settings.write_text(json.dumps(audio.model_dump(), indent=1))
+
+    def path_for(self, entry: Entry) -> Path:
+        stat = entry.audio_path.stat()
+        key = f"{entry.audio_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        return self.dir / f"{entry.audio_path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.npy"
+
+    def mel(self, entry: Entry) -> np.ndarray:
+        path = self.path_for(entry)
+        if path.exists():
+            try:
+                return np.load(path)
+            except (ValueError, OSError, EOFError):
+                pass  # a damaged cache entry is recomputed, never trusted
+        audio, rate = load_wav(entry.audio_path)
+        if rate != self.audio.sampling_rate:
+            raise DatasetError(
+                f"{entry.where}: {entry.audio_path.name} is {rate} Hz but audio.sampling_rate is "
+                f"{self.audio.sampling_rate}; resample it (sox in.wav -r {self.audio.sampling_rate} out.wav) "
+                "or run 'smart-tuner data check'"
+            )
+        mel = mel_spectrogram(audio.astype(np.float32), self.audio).astype(np.float32)
+        _atomic_save_npy(path, mel)
+        return mel
+
+
+@dataclass(frozen=True)
+class Utterance:
+    entry: Entry
+    text_ids: np.ndarray
+    n_frames: int
+
+
+class TextMelDataset(Dataset):
+    """(text ids, mel) pairs; every mel is in the cache after construction."""
+
+    def __init__(self, filelist: Path, data: DataConfig, audio: AudioConfig, text: TextConfig,
+                 cache_root: Path | None = None, progress: bool = False) -> None:
+        entries = read_filelist(filelist)
+        self.cache = MelCache(cache_root or data.cache_dir or Path(filelist).resolve().parent / ".mel_cache", audio)
+        self.items: list[Utterance] = []
+        too_long: list[str] = []
+        max_frames = int(data.max_audio_seconds * audio.sampling_rate / audio.hop_length) + 1
+        for i, entry in enumerate(entries):
+            if not entry.audio_path.is_file():
+                raise DatasetError(f"{entry.where}: audio file {entry.audio_path} not found; "
+                                   "fix the path or run 'smart-tuner data check' to list every problem")
+            if not entry.text:
+                raise DatasetError(f"{entry.where}: empty transcript; remove the line or add its text")
+            try:
+                ids = np.asarray(text_to_sequence(entry.text, text), dtype=np.int64)
+            except TextError as exc:
+                raise DatasetError(f"{entry.where}: {exc}") from None
+            n_frames = self.cache.mel(entry).shape[1]
+            if n_frames > max_frames:
+                too_long.append(entry.where)
+                continue
+            self.items.append(Utterance(entry, ids, n_frames))
+            if progress and (i + 1) % 500 == 0:
+                print(f"  mel cache: {i + 1}/{len(entries)} clips", flush=True)
+        if too_long:
+            # Not silent: the user is told how many and where.
+            print(f"warning: left out {len(too_long)} clip(s) longer than data.max_audio_seconds="
+                  f"{data.max_audio_seconds}: {', '.join(too_long[:5])}{' ...' if len(too_long) > 5 else ''}",
+                  flush=True)
+        if not self.items:
+            raise DatasetError(f"{filelist}: no usable utterances")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [u.n_frames for u in self.items]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        u = self.items[index]
+        return torch.from_numpy(u.text_ids), torch.from_numpy(self.cache.mel(u.entry))
+
+
+class BucketBatchSampler:
+    """Deterministic, resumable batches of similar-length utterances.
+
+    Per epoch: shuffle (seeded by seed and epoch), sort by length within windows of
+    ``batch_size * bucket_batches`` utterances, cut into batches, shuffle the batches.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, bucket_batches: int, seed: int) -> None:
+        self.lengths = lengths
+        self.batch_size = min(batch_size, len(lengths))
+        self.bucket = self.batch_size * bucket_batches
+        self.seed = seed
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        batches: list[list[int]] = []
+        for start in range(0, len(order), self.bucket):
+            window = sorted(order[start:start + self.bucket], key=lambda i: self.lengths[i])
+            batches += [window[i:i + self.batch_size] for i in range(0, len(window), self.batch_size)]
+        # Drop ragged batches (they make step times and BatchNorm statistics uneven).
+        batches = [b for b in batches if len(b) == self.batch_size]
+        rng.shuffle(batches)
+        return batches
+
+
+@dataclass
+class Batch:
+    text: torch.Tensor  # [B, N] long
+    text_lengths: torch.Tensor  # [B]
+    mel: torch.Tensor  # [B, n_mels, T], T a multiple of r
+    mel_lengths: torch.Tensor  # [B] real frames
+    gate: torch.Tensor  # [B, T/r] 1.0 from the decoder step holding the last real frame on
+
+    def to(self, device: torch.device) -> "Batch":
+        nb = device.type == "cuda"
+        return Batch(*(t.to(device, non_blocking=nb) for t in (self.text, self.text_lengths, self.mel,
+                                                                 self.mel_lengths, self.gate)))
+
+    def pin_memory(self) -> "Batch":
+        return Batch(*(t.pin_memory() for t in (self.text, self.text_lengths, self.mel, self.mel_lengths, self.gate)))
+
+
+class Collate:
+    """Pads a list of (text ids, mel) into a :class:`Batch` for r frames per step."""
+
+    def __init__(self, n_frames_per_step: int) -> None:
+        self.r = n_frames_per_step
+
+    def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> Batch:
+        b = len(items)
+        text_lengths = torch.tensor([len(t) for t, _ in items], dtype=torch.long)
+        mel_lengths = torch.tensor([m.size(1) for _, m in items], dtype=torch.long)
+        n_mels = items[0][1].size(0)
+        t_max = int(mel_lengths.max())
+        t_max += (-t_max) % self.r
+        text = torch.zeros(b, int(text_lengths.max()), dtype=torch.long)
+        mel = torch.zeros(b, n_mels, t_max)
+        gate = torch.zeros(b, t_max // self.r)
+        for i, (t, m) in enumerate(items):
+            text[i, : t.numel()] = t
+            mel[i, :, : m.size(1)] = m
+            gate[i, (m.size(1) - 1) // self.r:] = 1.0
+        return Batch(text, text_lengths, mel, mel_lengths, gate)

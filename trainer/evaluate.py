@@ -1,0 +1,95 @@
+"""Validation: teacher-forced losses and alignment metrics, plus free-running probes.
+
+Prenet dropout stays on at evaluation (it does in Tacotron2 inference too), so the
+evaluation runs under a forked, fixed-seed RNG: the same weights give the same
+numbers, and the training RNG stream is untouched (exact resume depends on that).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from trainer.config import EvalConfig, TextConfig
+from trainer.control import EvalRecord
+from trainer.data.dataset import Batch, Collate, TextMelDataset
+from trainer.loss import LossWeights, tacotron2_loss
+from trainer.metrics import alignment_scores, gate_balanced_accuracy
+from trainer.model.tacotron2 import Tacotron2
+from trainer.plotting import save_alignment_png
+from trainer.text import text_to_sequence
+
+EVAL_SEED = 20170104
+
+
+class Evaluator:
+    def __init__(self, dataset: TextMelDataset, collate: Collate, batch_size: int, cfg: EvalConfig,
+                 text: TextConfig, gate_threshold: float, image_dir: Path) -> None:
+        self.cfg = cfg
+        self.gate_threshold = gate_threshold
+        self.image_dir = Path(image_dir)
+        # Fixed order, sorted by length: the same batches every time, little padding.
+        order = sorted(range(len(dataset)), key=lambda i: dataset.lengths[i])
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        if cfg.max_batches:
+            batches = batches[: cfg.max_batches]
+        self.batches = [collate([dataset[i] for i in b]) for b in batches]
+        probes = [torch.tensor(text_to_sequence(s, text)) for s in cfg.probe_sentences]
+        self.probe_lengths = torch.tensor([len(p) for p in probes], dtype=torch.long)
+        self.probes = torch.nn.utils.rnn.pad_sequence(probes, batch_first=True) if probes else None
+
+    @torch.no_grad()
+    def run(self, model: Tacotron2, weights: LossWeights, step: int, device: torch.device,
+            autocast) -> EvalRecord:
+        was_training = model.training
+        model.eval()
+        r = model.n_frames_per_step
+        sums = dict.fromkeys(("total", "mel", "mel_postnet", "gate", "guided_attention"), 0.0)
+        focus, diag, gate_acc, n_utts = [], [], [], 0
+        first: tuple | None = None
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(EVAL_SEED)
+            for cpu_batch in self.batches:
+                batch: Batch = cpu_batch.to(device)
+                with autocast():
+                    out = model(batch.text, batch.text_lengths, batch.mel)
+                parts = tacotron2_loss(out, batch.mel, batch.gate, batch.mel_lengths, batch.text_lengths, r, weights)
+                b = batch.text.size(0)
+                for k, v in parts.as_floats().items():
+                    sums[k] += v * b
+                steps = (batch.mel_lengths + r - 1) // r
+                f, d = alignment_scores(out.alignments, steps, batch.text_lengths, self.cfg.diagonal_band)
+                focus.append(f)
+                diag.append(d)
+                gate_acc.append(gate_balanced_accuracy(out.gate, batch.gate, steps, self.gate_threshold) * b)
+                n_utts += b
+                if first is None:
+                    n, s = int(batch.text_lengths[0]), int(steps[0])
+                    first = (out.alignments[0, :s, :n].float().cpu().numpy(),
+                             out.mel_postnet[0, :, : int(batch.mel_lengths[0])].float().cpu().numpy())
+            stop_rate = self._probe_stop_rate(model, device)
+        model.train(was_training)
+        focus_t, diag_t = torch.cat(focus), torch.cat(diag)
+        aligned = ((focus_t >= self.cfg.aligned_focus) & (diag_t >= self.cfg.aligned_diagonality)).float().mean()
+        image = None
+        if first is not None:
+            image = str(save_alignment_png(first[0], self.image_dir / f"step_{step:08d}.png",
+                                           f"step {step}: diagonality {float(diag_t[0]):.2f}", mel=first[1]))
+        return EvalRecord(
+            step=step, wall_time=time.time(),
+            val_loss=sums["total"] / n_utts, val_mel_loss=sums["mel"] / n_utts,
+            val_mel_postnet_loss=sums["mel_postnet"] / n_utts, val_gate_loss=sums["gate"] / n_utts,
+            val_guided_attention_loss=sums["guided_attention"] / n_utts,
+            diagonality=float(diag_t.mean()), focus=float(focus_t.mean()), aligned_fraction=float(aligned),
+            gate_accuracy=sum(gate_acc) / n_utts, probe_stop_rate=stop_rate, alignment_image=image,
+        )
+
+    def _probe_stop_rate(self, model: Tacotron2, device: torch.device) -> float:
+        if self.probes is None:
+            return 0.0
+        out = model.infer(self.probes.to(device), self.probe_lengths.to(device),
+                          max_decoder_steps=self.cfg.probe_max_decoder_steps)
+        return float(out.stopped.float().mean())

@@ -1,0 +1,397 @@
+"""The one training loop.
+
+``Trainer.train`` reads like the algorithm: take a batch, step, report, evaluate,
+checkpoint, apply commands. Everything else (data, loss, metrics, checkpoints,
+commands, logging) lives in its own module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from trainer.callbacks import Callback
+from trainer.checkpoint import NVIDIA_KEYS, CheckpointError, CheckpointManager, load_checkpoint
+from trainer.commands import apply_command
+from trainer.config import RunConfig
+from trainer.control import CheckpointRecord, ControlPort, NullPort, StepTelemetry
+from trainer.data.dataset import Batch, BucketBatchSampler, Collate, TextMelDataset
+from trainer.evaluate import Evaluator
+from trainer.loss import LossWeights, tacotron2_loss
+from trainer.model.tacotron2 import Tacotron2
+from trainer.schedule import LRSchedule
+from trainer.text import symbols_for
+
+PAUSE_POLL_SECONDS = 0.5
+# Remember this many applied command ids (enough to make redelivery harmless).
+APPLIED_COMMANDS_KEPT = 10_000
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from trainer.errors import UserError
+
+        raise UserError("train.device is 'cuda' but no CUDA device is available; set train.device: auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, port: ControlPort | None = None, callbacks: Sequence[Callback] = (),
+                 resume: bool | str | Path = False, warm_start: str | Path | None = None,
+                 ignore_layers: Sequence[str] = ()) -> None:
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.port = port or NullPort()
+        self.callbacks = list(callbacks)
+        self.device = pick_device(config.train.device)
+        if config.train.torch_threads:
+            torch.set_num_threads(config.train.torch_threads)
+        torch.backends.cudnn.benchmark = config.train.cudnn_benchmark
+        seed_everything(config.train.seed)
+
+        self.model = Tacotron2(config.model, len(symbols_for(config.text)), config.audio.n_mel_channels).to(self.device)
+        o = config.optim
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.learning_rate, eps=o.adam_eps,
+                                          weight_decay=o.weight_decay)
+        self.schedule = LRSchedule(o)
+        self.loss_weights = LossWeights.from_config(config.loss)
+        self.grad_clip = o.grad_clip_thresh
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.amp)
+        if self.device.type != "cuda":
+            self.amp_dtype = None  # AMP is a CUDA feature here; CPU runs stay in float32
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.skipped_steps = 0
+        self.paused = False
+        self.stop_reason: str | None = None
+        self.applied_commands: OrderedDict[str, int] = OrderedDict()
+        self.best_metric = math.inf
+        self.last_eval: dict[str, float] = {}
+        self.extras: dict[str, Any] = {}  # persisted state of callbacks (e.g. the MLflow run id)
+        self._last_saved_step = -1
+        self._stream: Iterator[Batch] | None = None
+        self._started = time.time()
+
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", config.checkpoint.keep_last,
+                                             config.checkpoint.keep_best)
+        d = config.data
+        self.collate = Collate(config.model.n_frames_per_step)
+        self.train_set = TextMelDataset(d.training_files, d, config.audio, config.text, progress=True)
+        val_set = TextMelDataset(d.validation_files, d, config.audio, config.text)
+        self.sampler = BucketBatchSampler(self.train_set.lengths, d.batch_size, d.bucket_batches, config.train.seed)
+        self.evaluator = Evaluator(val_set, self.collate, d.batch_size, config.eval, config.text,
+                                   config.model.gate_threshold, self.run_dir / "alignments")
+        if warm_start is not None:
+            self.warm_start(warm_start, ignore_layers)
+        if resume:
+            self.resume(None if resume is True else resume)
+
+    # -- the loop -----------------------------------------------------------------------
+    def train(self) -> str:
+        """Train until max_steps, max_minutes or a stop; returns the reason."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._notify("on_train_start", self)
+        self._started = time.time()
+        if self.step >= self.config.train.max_steps:
+            self.request_stop("max_steps")
+        while self.stop_reason is None:
+            self.apply_commands()
+            if self.paused:
+                time.sleep(PAUSE_POLL_SECONDS)
+                continue
+            record = self.train_step(self.next_batch())
+            self.port.emit_step(record)
+            self._notify("on_step", self, record)
+            self.after_step()
+        if self._last_saved_step != self.step:
+            self.save_checkpoint("final")
+        self._notify("on_train_end", self, self.stop_reason)
+        return self.stop_reason
+
+    def after_step(self) -> None:
+        cfg = self.config
+        if self.step % cfg.eval.every_steps == 0:
+            self.evaluate()
+        if self.step % cfg.checkpoint.every_steps == 0 and self._last_saved_step != self.step:
+            self.save_checkpoint("periodic")
+        if self.step >= cfg.train.max_steps:
+            self.request_stop("max_steps")
+        elif cfg.train.max_minutes and time.time() - self._started >= cfg.train.max_minutes * 60:
+            self.request_stop("max_minutes")
+
+    def train_step(self, batch: Batch) -> StepTelemetry:
+        t0 = time.perf_counter()
+        lr = self.schedule.lr(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        batch = batch.to(self.device)
+        with self.autocast():
+            out = self.model(batch.text, batch.text_lengths, batch.mel)
+        parts = tacotron2_loss(out, batch.mel, batch.gate, batch.mel_lengths, batch.text_lengths,
+                               self.model.n_frames_per_step, self.loss_weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = torch.tensor(float("nan"))
+        finite = bool(torch.isfinite(parts.total))
+        if finite:
+            self._backward(parts.total)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            finite = bool(torch.isfinite(grad_norm))
+        if finite:
+            (self.scaler.step(self.optimizer) if self.scaler else self.optimizer.step())
+        else:
+            # Never let a non-finite loss or gradient touch the weights.
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+        if self.scaler:
+            self.scaler.update()
+        self.step += 1
+        values = torch.stack([parts.total.detach(), parts.mel.detach(), parts.mel_postnet.detach(),
+                              parts.gate.detach(), parts.guided_attention.detach(),
+                              grad_norm.detach().float().to(parts.total.device)]).tolist()
+        return StepTelemetry(
+            step=self.step, epoch=self.epoch, wall_time=time.time(), lr=lr, loss=values[0], mel_loss=values[1],
+            mel_postnet_loss=values[2], gate_loss=values[3], guided_attention_loss=values[4], grad_norm=values[5],
+            grad_clip=self.grad_clip, guided_attention_weight=self.loss_weights.guided_attention_weight,
+            gate_pos_weight=self.loss_weights.gate_pos_weight, step_seconds=time.perf_counter() - t0,
+            skipped_steps=self.skipped_steps, finite=finite,
+        )
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.scaler:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # -- data position ------------------------------------------------------------------
+    def next_batch(self) -> Batch:
+        if self._stream is None:
+            self._stream = self._batches()
+        return next(self._stream)
+
+    def _batches(self) -> Iterator[Batch]:
+        """Batches from the current (epoch, batch_in_epoch) on; the position counts consumed batches."""
+        workers = self.config.data.num_workers
+        while True:
+            remaining = self.sampler.epoch_batches(self.epoch)[self.batch_in_epoch:]
+            loader = DataLoader(self.train_set, batch_sampler=remaining, collate_fn=self.collate,
+                                num_workers=workers, pin_memory=self.device.type == "cuda",
+                                persistent_workers=False)
+            for batch in loader:
+                self.batch_in_epoch += 1
+                yield batch
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    def skip_batches(self, n: int) -> None:
+        """Advance the data position by n batches without training on them."""
+        self._stream = None  # restart the loader at the new position
+        for _ in range(n):
+            self.batch_in_epoch += 1
+            if self.batch_in_epoch >= len(self.sampler.epoch_batches(self.epoch)):
+                self.epoch += 1
+                self.batch_in_epoch = 0
+
+    # -- commands, evaluation, checkpoints ------------------------------------------
+    def apply_commands(self) -> None:
+        for command in self.port.poll():
+            result = apply_command(self, command)
+            while len(self.applied_commands) > APPLIED_COMMANDS_KEPT:
+                self.applied_commands.popitem(last=False)
+            self.port.acknowledge(result)
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    @property
+    def current_lr(self) -> float:
+        return self.schedule.lr(self.step)
+
+    def set_lr(self, lr: float) -> None:
+        self.schedule.set_current(self.step, lr)
+
+    def evaluate(self):
+        record = self.evaluator.run(self.model, self.loss_weights, self.step, self.device, self.autocast)
+        self.last_eval = record.model_dump(exclude={"alignment_image"})
+        self.port.emit_eval(record)
+        self._notify("on_eval", self, record)
+        metric = self.last_eval.get(self.config.checkpoint.best_metric)
+        if metric is not None and math.isfinite(metric) and metric < self.best_metric:
+            self.best_metric = metric
+            self.save_checkpoint("best", best=True)
+        return record
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            "iteration": self.step,
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "learning_rate": self.current_lr,
+            "smart_tuner": {
+                "version": 1,
+                "config": self.config.model_dump(mode="json"),
+                "n_symbols": self.model.embedding.num_embeddings,
+                "schedule": self.schedule.state_dict(),
+                "loss_weights": self.loss_weights.state_dict(),
+                "grad_clip": self.grad_clip,
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "rng": rng_state(),
+                "data_position": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch},
+                "skipped_steps": self.skipped_steps,
+                "applied_commands": list(self.applied_commands.items()),
+                "best_metric": self.best_metric,
+                "metrics": self.last_eval,
+                "extras": self.extras,
+                "saved_at": time.time(),
+            },
+        }
+
+    def save_checkpoint(self, reason: str, best: bool = False) -> Path:
+        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        path = self.checkpoints.save(self.checkpoint_payload(), self.step, best=best)
+        self._last_saved_step = self.step
+        record = CheckpointRecord(step=self.step, path=str(path), wall_time=time.time(), reason=reason,
+                                  val_loss=self.last_eval.get("val_loss"),
+                                  diagonality=self.last_eval.get("diagonality"), finite=finite)
+        self.port.emit_checkpoint(record)
+        self._notify("on_checkpoint", self, record)
+        return path
+
+    def load_training_state(self, ckpt: dict[str, Any], path: Path, restore_position: bool = True) -> None:
+        self._load_weights(ckpt["state_dict"], path)
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"{path}: optimizer state does not fit this model ({exc}); "
+                                  "use --warm-start to start a new optimizer") from None
+        self.step = int(ckpt.get("iteration", 0))
+        ours = ckpt.get("smart_tuner")
+        if ours is None:  # an NVIDIA checkpoint: weights, optimizer, step and learning rate only
+            self.schedule.set_current(self.step, float(ckpt.get("learning_rate", self.current_lr)))
+            return
+        self.schedule.load_state_dict(ours["schedule"])
+        self.loss_weights.load_state_dict(ours["loss_weights"])
+        self.grad_clip = ours["grad_clip"]
+        if self.scaler and ours.get("scaler"):
+            self.scaler.load_state_dict(ours["scaler"])
+        self.skipped_steps = ours["skipped_steps"]
+        self.best_metric = ours["best_metric"]
+        self.last_eval = ours["metrics"]
+        if restore_position:
+            self.epoch = ours["data_position"]["epoch"]
+            self.batch_in_epoch = ours["data_position"]["batch_in_epoch"]
+            self.applied_commands = OrderedDict(ours["applied_commands"])
+            self.extras = ours.get("extras", {})
+            set_rng_state(ours["rng"])
+        self._stream = None
+
+    def _load_weights(self, state_dict: dict[str, torch.Tensor], path: Path, ignore: Sequence[str] = ()) -> None:
+        own = self.model.state_dict()
+        state = {k: v for k, v in state_dict.items() if not any(k == i or k.startswith(i + ".") for i in ignore)}
+        mismatched = [f"{k} {tuple(v.shape)} vs ours {tuple(own[k].shape)}"
+                      for k, v in state.items() if k in own and v.shape != own[k].shape]
+        missing = [k for k in own if k not in state and not any(k == i or k.startswith(i + ".") for i in ignore)]
+        unexpected = [k for k in state if k not in own]
+        if mismatched or missing or unexpected:
+            detail = "; ".join(filter(None, [
+                f"shape mismatch: {', '.join(mismatched[:4])}" if mismatched else "",
+                f"missing: {', '.join(missing[:4])}" if missing else "",
+                f"unexpected: {', '.join(unexpected[:4])}" if unexpected else "",
+            ]))
+            raise CheckpointError(f"{path}: weights do not fit the configured model ({detail}); check the model "
+                                  "section of the config, or warm-start with --ignore-layers for those layers")
+        self.model.load_state_dict(state, strict=not ignore)
+
+    def resume(self, path: str | Path | None = None) -> None:
+        if path is not None:
+            self.load_training_state(load_checkpoint(path), Path(path))
+            print(f"resumed from {path} at step {self.step}", flush=True)
+            return
+        found = self.checkpoints.load_latest_good()
+        if found is None:
+            print(f"no checkpoint in {self.checkpoints.directory}; starting from scratch", flush=True)
+            return
+        self.load_training_state(found[1], found[0])
+        print(f"resumed from {found[0]} at step {self.step}", flush=True)
+
+    def warm_start(self, path: str | Path, ignore_layers: Sequence[str]) -> None:
+        """Weights only (as NVIDIA's --warm_start): new optimizer, step 0."""
+        ckpt = load_checkpoint(path)
+        self._load_weights(ckpt["state_dict"], Path(path), ignore_layers)
+        print(f"warm start from {path} (ignored: {', '.join(ignore_layers) or 'nothing'})", flush=True)
+
+    def rollback(self, step: int | None, skip_batches: int) -> str:
+        """Restore the model from a checkpoint; keep going forward in the data."""
+        if step is None:
+            found = self.checkpoints.load_latest_good()
+        else:
+            path = self.checkpoints.path_for(step)
+            found = (path, load_checkpoint(path))
+        if found is None:
+            raise CheckpointError(f"no good checkpoint in {self.checkpoints.directory} to roll back to")
+        path, ckpt = found
+        # Going back in weights but not in data (restore_position=False): the batches
+        # that led to trouble are not replayed.
+        self.load_training_state(ckpt, path, restore_position=False)
+        self.skip_batches(skip_batches)
+        return f"rolled back to {path.name} (step {self.step}), skipped {skip_batches} batches"
+
+    # -- reporting ------------------------------------------------------------------------
+    def describe(self) -> str:
+        n = sum(p.numel() for p in self.model.parameters())
+        return (f"{n / 1e6:.2f}M parameters on {self.device}, r={self.model.n_frames_per_step}, "
+                f"{len(self.train_set)} train clips, batch {self.config.data.batch_size}, step {self.step}, "
+                f"run dir {self.run_dir}")
+
+    def eta_seconds(self, steps_per_second: float) -> float:
+        by_steps = (self.config.train.max_steps - self.step) / steps_per_second if steps_per_second > 0 else math.inf
+        if self.config.train.max_minutes:
+            by_time = self.config.train.max_minutes * 60 - (time.time() - self._started)
+            return min(by_steps, by_time)
+        return by_steps
+
+    def _notify(self, event: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event)(*args)
