@@ -161,6 +161,9 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         batch = batch.to(self.device)
+        # BatchNorm running statistics change in the forward pass; keep a copy (a few
+        # KB) so a non-finite batch cannot poison them either.
+        buffers = [b.clone() for b in self.model.buffers()]
         with self.autocast():
             out = self.model(batch.text, batch.text_lengths, batch.mel)
         parts = tacotron2_loss(out, batch.mel, batch.gate, batch.mel_lengths, batch.text_lengths,
@@ -177,6 +180,9 @@ class Trainer:
         else:
             # Never let a non-finite loss or gradient touch the weights.
             self.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for live, saved in zip(self.model.buffers(), buffers):
+                    live.copy_(saved)
             self.skipped_steps += 1
         if self.scaler:
             self.scaler.update()
@@ -217,6 +223,9 @@ class Trainer:
             remaining = self.sampler.epoch_batches(self.epoch)[self.batch_in_epoch:]
             loader = DataLoader(self.train_set, batch_sampler=remaining, collate_fn=self.collate,
                                 num_workers=workers, pin_memory=self.device.type == "cuda",
+                                # Its own generator: creating a loader must not draw from the
+                                # global RNG, or a resumed run's dropout masks would shift.
+                                generator=torch.Generator().manual_seed(self.config.train.seed + self.epoch),
                                 persistent_workers=False)
             for batch in loader:
                 self.batch_in_epoch += 1

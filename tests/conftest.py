@@ -1,0 +1,55 @@
+"""Shared fixtures: one small real espeak-ng dataset and a micro Tacotron2 config."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from trainer.config import RunConfig, parse_config
+
+MICRO_MODEL = {
+    "symbols_embedding_dim": 32, "encoder_embedding_dim": 32, "encoder_n_convolutions": 2,
+    "n_frames_per_step": 2, "attention_rnn_dim": 64, "decoder_rnn_dim": 64, "prenet_dim": 32,
+    "attention_dim": 16, "attention_location_n_filters": 8, "attention_location_kernel_size": 7,
+    "postnet_embedding_dim": 32, "postnet_n_convolutions": 3, "max_decoder_steps": 60,
+}
+
+
+@pytest.fixture(scope="session")
+def espeak_dataset(tmp_path_factory) -> Path:
+    """12 short real utterances spoken by espeak-ng (10 train, 2 val)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    from trainer.data.espeak import build_espeak_dataset
+
+    out = tmp_path_factory.mktemp("espeak") / "ds"
+    build_espeak_dataset(out_dir=out, n=12, voice="en-us", sentences_file=None, max_chars=30, min_chars=12,
+                         val_fraction=0.17, seed=7, rate=None, jobs=2)
+    return out
+
+
+def micro_config(dataset: Path, run_dir: Path, **overrides) -> RunConfig:
+    """A model small enough for a real training step in ~0.1 s on CPU."""
+    raw = {
+        "run_dir": str(run_dir),
+        "data": {"training_files": str(dataset / "train.txt"), "validation_files": str(dataset / "val.txt"),
+                 "batch_size": 4, "cache_dir": str(dataset / ".cache")},
+        "model": dict(MICRO_MODEL),
+        "loss": {"gate_pos_weight": 5.0},
+        "optim": {"learning_rate": 2e-3},
+        "train": {"max_steps": 6, "log_every": 1, "torch_threads": 1},
+        "eval": {"every_steps": 3, "probe_sentences": ["Hello there."], "probe_max_decoder_steps": 20},
+        "checkpoint": {"every_steps": 3, "keep_last": 5},
+        "tracking": {"enabled": False},
+    }
+    for dotted, value in overrides.items():
+        target = raw
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
+    import yaml
+
+    return parse_config(yaml.safe_dump(raw), "<test>")
