@@ -236,11 +236,16 @@ class Trainer:
     def skip_batches(self, n: int) -> None:
         """Advance the data position by n batches without training on them."""
         self._stream = None  # restart the loader at the new position
+        self._roll_over_finished_epoch()
         for _ in range(n):
             self.batch_in_epoch += 1
-            if self.batch_in_epoch >= len(self.sampler.epoch_batches(self.epoch)):
-                self.epoch += 1
-                self.batch_in_epoch = 0
+            self._roll_over_finished_epoch()
+
+    def _roll_over_finished_epoch(self) -> None:
+        # (epoch, len(epoch)) means "epoch finished"; make it (epoch + 1, 0).
+        while self.batch_in_epoch >= len(self.sampler.epoch_batches(self.epoch)):
+            self.epoch += 1
+            self.batch_in_epoch = 0
 
     # -- commands, evaluation, checkpoints ------------------------------------------
     def apply_commands(self) -> None:
