@@ -1,0 +1,142 @@
+"""The command line as a user meets it: clear one-line errors, synth output, MLflow, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import yaml
+
+from trainer.cli import main
+from trainer.config import ConfigError, load_config
+from trainer.loop import Trainer
+
+from conftest import micro_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _write_config(path: Path, cfg) -> Path:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return path
+
+
+def test_bad_config_names_file_line_and_field(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  n_frames_per_step: 2\n  attention_dim: lots\noptim:\n  learnig_rate: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    message = str(info.value)
+    assert f"{bad}:3: model.attention_dim" in message and "valid integer" in message
+    assert f"{bad}:5: optim.learnig_rate: Extra inputs are not permitted" in message
+
+    assert main(["train", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid config") and "Traceback" not in err
+
+
+def test_missing_config_lists_the_shipped_ones(capsys):
+    assert main(["train", "--config", "no-such-config"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-config: no such config file" in err and "tiny-cpu" in err and "default" in err
+
+
+def test_shipped_configs_load():
+    default = load_config("default")
+    assert default.model.n_frames_per_step == 1 and default.data.batch_size == 64
+    tiny = load_config("tiny-cpu")
+    assert tiny.model.n_frames_per_step == 2 and tiny.model.encoder_embedding_dim == 128
+
+
+def test_bad_filelist_line_is_named(espeak_dataset, tmp_path, capsys):
+    train = tmp_path / "train.txt"
+    lines = (espeak_dataset / "train.txt").read_text().splitlines()
+    lines.insert(2, "wavs/missing-separator.wav")
+    # Paths are resolved against the filelist's folder: point them back at the dataset.
+    train.write_text("\n".join(f"{espeak_dataset}/{line}" for line in lines) + "\n")
+    cfg = micro_config(espeak_dataset, tmp_path / "run", data__training_files=str(train))
+    config_file = _write_config(tmp_path / "c.yaml", cfg)
+    assert main(["train", "--config", str(config_file)]) == 2
+    err = capsys.readouterr().err
+    assert f"{train}:3: expected 'path|text'" in err and "Traceback" not in err
+
+
+def test_missing_audio_names_the_line(espeak_dataset, tmp_path, capsys):
+    train = tmp_path / "train.txt"
+    train.write_text(f"{espeak_dataset}/wavs/nope.wav|Some words.\n")
+    cfg = micro_config(espeak_dataset, tmp_path / "run", data__training_files=str(train))
+    assert main(["train", "--config", str(_write_config(tmp_path / "c.yaml", cfg))]) == 2
+    err = capsys.readouterr().err
+    assert f"{train}:1: audio file" in err and "nope.wav not found" in err and "data check" in err
+
+
+def test_synth_writes_a_playable_wav_and_alignment_plot(espeak_dataset, tmp_path, capsys):
+    cfg = micro_config(espeak_dataset, tmp_path / "run", train__max_steps=2)
+    Trainer(cfg).train()
+    out = tmp_path / "hello.wav"
+    ckpt = tmp_path / "run" / "checkpoints" / "checkpoint_00000002.pt"
+    code = main(["synth", "--checkpoint", str(ckpt), "--text", "Hello world.", "--out", str(out),
+                 "--max-decoder-steps", "25", "--griffin-lim-iters", "8"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    audio, rate = sf.read(out)
+    info = sf.info(out)
+    assert rate == 22050 and info.subtype == "PCM_16" and info.channels == 1
+    assert 0 < len(audio) <= 25 * 2 * 256 + 256 and abs(audio).max() <= 1.0
+    assert out.with_suffix(".png").stat().st_size > 1000
+    # An untrained gate never fires: the user is told, not left guessing.
+    assert "gate never fired" in printed or "never fired" in printed
+
+
+def test_synth_on_a_corrupt_checkpoint_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    assert main(["synth", "--checkpoint", str(bad), "--text", "hi", "--out", str(tmp_path / "x.wav")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: checkpoint is truncated or corrupt" in err and "Traceback" not in err
+
+
+def test_mlflow_gets_metrics_params_and_alignment_images(espeak_dataset, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from trainer.cli_train import run_training
+
+    cfg = micro_config(espeak_dataset, tmp_path / "run", train__max_steps=4, eval__every_steps=2,
+                       tracking__enabled=True)
+    run_training(cfg)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smart-tuner")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "diagonality")] == [2, 4]
+    assert run.data.params["model.n_frames_per_step"] == "2"
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "alignments")]
+    assert "alignments/step_00000002.png" in artifacts
+
+
+def test_sigterm_checkpoints_and_exits_zero(espeak_dataset, tmp_path):
+    cfg = micro_config(espeak_dataset, tmp_path / "run", train__max_steps=100000, checkpoint__every_steps=100000,
+                       eval__every_steps=100000)
+    config_file = _write_config(tmp_path / "c.yaml", cfg)
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.cli", "train", "--config", str(config_file)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    deadline = time.time() + 120
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("step") and "step       3" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert "stopped at step" in rest and "SIGTERM" in rest
+    saved = list((tmp_path / "run" / "checkpoints").glob("checkpoint_*.pt"))
+    assert len(saved) == 1 and int(saved[0].stem.split("_")[1]) >= 3
