@@ -1,0 +1,199 @@
+"""Thresholds of every policy, one sub-model per policy.
+
+The defaults are for Tacotron2 as this trainer reports it: per-step losses averaged
+over real frames, grad norms measured *before* clipping (NVIDIA clips at 1.0), and
+an evaluation every ``eval.every_steps`` (1000 by default, 100 in ``tiny-cpu``), so
+"N evaluations" is the natural unit of patience for anything measured at evaluation.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    # A misspelt threshold is a user error, not something to ignore silently.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class _Policy(_Section):
+    # Lets a user switch one rule off without touching the phase table.
+    enabled: bool = True
+
+
+class AlignedConfig(_Section):
+    """When attention counts as learnt; same meaning as the trainer's ``eval.aligned_*``
+    (there per utterance, here on the evaluation means)."""
+
+    diagonality: float = Field(0.9, gt=0, le=1)
+    focus: float = Field(0.5, gt=0, le=1)
+    # Consecutive evaluations that must pass: one good evaluation can be luck.
+    evals: int = Field(2, ge=1)
+
+
+class RollbackConfig(_Section):
+    # Extra batches to skip after a rollback. The trainer does not rewind the data
+    # (trainer.control.Rollback), so the batches between the checkpoint and now are
+    # never replayed anyway; this skips a few more fresh ones because the sampler
+    # draws batches of similar length in buckets (data.bucket_batches = 8) and the
+    # neighbours of a bad batch are the likeliest next troublemakers.
+    skip_batches: int = Field(8, ge=0)
+
+
+class DivergingConfig(_Section):
+    # Validation loss "runs away" when the newest one exceeds this multiple of the
+    # best in the window (a phase signal; the overfitting rule handles slow drift).
+    val_loss_ratio: float = Field(1.5, gt=1)
+
+
+class NonFiniteConfig(_Policy):
+    # Non-finite steps (in the window, since the rule last fired) that trigger it.
+    # 1 = roll back at once. The trainer already skips non-finite updates, so a
+    # user who sees isolated bad batches may raise this to tolerate them.
+    min_bad_steps: int = Field(1, ge=1)
+    # From the second firing in an episode on, the rollback also cuts the LR.
+    repeat_lr_factor: float = Field(0.5, gt=0, lt=1)
+    # Without a checkpoint to roll back to: pause once this many steps in the window
+    # were non-finite (or the weights themselves are); fewer only asks a human.
+    pause_after_steps: int = Field(3, ge=1)
+
+
+class LossSpikeConfig(_Policy):
+    # Baseline: median of the last ``baseline_steps`` finite steps before the spike.
+    # The median ignores the odd long-utterance batch; 50 steps is a few minutes on GPU.
+    baseline_steps: int = Field(50, ge=5)
+    # Below this many baseline steps (start of a run) the rule stays quiet.
+    min_baseline_steps: int = Field(20, ge=3)
+    # A step spikes when its loss (without the guided-attention term, whose weight the
+    # supervisor itself changes) exceeds ``ratio`` x baseline.
+    ratio: float = Field(3.0, gt=1)
+    # Consecutive spiking steps, ending now, needed to act: single bad batches are noise.
+    patience: int = Field(3, ge=1)
+    lr_factor: float = Field(0.7, gt=0, lt=1)
+    # On repeat (the policy already fired in this episode, see Memory) cut harder.
+    repeat_lr_factor: float = Field(0.5, gt=0, lt=1)
+
+
+class GradRunawayConfig(_Policy):
+    # Median grad norm of the newest ``recent_steps`` vs the ``baseline_steps`` before.
+    recent_steps: int = Field(20, ge=3)
+    baseline_steps: int = Field(200, ge=10)
+    min_baseline_steps: int = Field(50, ge=5)
+    # Running away: recent median > ratio x baseline median *and* above the current
+    # clip threshold (a growing norm that clipping never touches is harmless).
+    ratio: float = Field(5.0, gt=1)
+    # First answer: tighten the clip by this factor, not below ``min_clip``.
+    clip_factor: float = Field(0.5, gt=0, lt=1)
+    min_clip: float = Field(0.1, gt=0)
+    # Next answer (or when the clip is already at ``min_clip``): cut the LR.
+    lr_factor: float = Field(0.5, gt=0, lt=1)
+    # Steps after firing before the rule may fire again (the change needs time to show).
+    cooldown_steps: int = Field(100, ge=1)
+
+
+class AlignmentStallConfig(_Policy):
+    # Stalled: the best diagonality of the newest ``evals`` evaluations beats the one
+    # before them by less than ``min_gain``. Tacotron2 sits at ~0.2-0.4 for a while,
+    # then snaps to > 0.8 within a few evaluations; three flat ones mean it is stuck.
+    evals: int = Field(3, ge=1)
+    min_gain: float = Field(0.02, ge=0)
+    # Escalation, one step per firing: raise the guided-attention weight (x factor, or
+    # to ``initial_guided_attention_weight`` when it is 0), then cut the LR, then ask.
+    initial_guided_attention_weight: float = Field(1.0, gt=0)
+    guided_attention_factor: float = Field(2.0, gt=1)
+    max_guided_attention_weight: float = Field(8.0, gt=0)
+    lr_factor: float = Field(0.5, gt=0, lt=1)
+
+
+class AttentionDecayConfig(_Policy):
+    # Once aligned, guided attention has done its job and biases the model toward a
+    # strictly linear alignment; decay it by ``factor`` per evaluation while the
+    # diagonality holds within ``hold_tolerance`` of its best, to 0 below ``zero_below``.
+    factor: float = Field(0.5, gt=0, lt=1)
+    hold_tolerance: float = Field(0.03, ge=0)
+    zero_below: float = Field(0.05, ge=0)
+    # After a collapse restored guided attention, wait this many holding evaluations.
+    after_collapse_evals: int = Field(2, ge=1)
+
+
+class AttentionCollapseConfig(_Policy):
+    # Collapse: diagonality more than ``drop`` below the best seen while stable.
+    drop: float = Field(0.15, gt=0, lt=1)
+    # First collapsed evaluation: restore the guided-attention weight (if lower).
+    restore_guided_attention_weight: float = Field(1.0, gt=0)
+    # Still collapsed after this many evaluations: roll back to a checkpoint whose
+    # diagonality was within ``drop`` of the best.
+    persist_evals: int = Field(2, ge=1)
+
+
+class GateConfig(_Policy):
+    # Balanced gate accuracy (a never-firing gate scores 0.5) and the share of probe
+    # sentences whose free-running inference stopped by itself.
+    max_accuracy: float = Field(0.8, gt=0, le=1)
+    max_probe_stop_rate: float = Field(0.5, ge=0, le=1)
+    # Both low for this many consecutive evaluations.
+    evals: int = Field(3, ge=1)
+    factor: float = Field(2.0, gt=1)
+    # One positive frame per utterance against hundreds of negatives: weights of
+    # 5-20 are common; beyond the cap the gate needs a human, not more weight.
+    max_pos_weight: float = Field(32.0, gt=0)
+
+
+class OverfitConfig(_Policy):
+    # Validation loss rose at each of the newest ``rising_evals`` evaluations, by
+    # ``min_rise`` (relative) in all, while the training loss fell.
+    rising_evals: int = Field(3, ge=1)
+    min_rise: float = Field(0.01, ge=0)
+    # Training loss at an evaluation: median of the last ``train_loss_steps`` step
+    # records up to it (without the guided-attention term, as for spikes); fewer than
+    # ``min_train_records`` there and the rule stays quiet.
+    train_loss_steps: int = Field(100, ge=1)
+    min_train_records: int = Field(10, ge=1)
+    # First answer: cut the LR; on repeat: propose an early stop.
+    lr_factor: float = Field(0.5, gt=0, lt=1)
+
+
+class PlateauConfig(_Policy):
+    # Plateau: the best validation loss of the newest ``evals`` evaluations improves
+    # on the best before them by less than ``min_improvement`` (relative).
+    evals: int = Field(5, ge=1)
+    min_improvement: float = Field(0.01, ge=0)
+
+
+class PolicyConfig(_Section):
+    """All policy thresholds. Field names of the policies equal the policy names."""
+
+    # Steps in the warmup phase. At least the trainer's optim.warmup_steps (the agent
+    # should pass the larger of the two); alignment is not judged before this.
+    warmup_steps: int = Field(500, ge=0)
+    aligned: AlignedConfig = Field(default_factory=AlignedConfig)
+    rollback: RollbackConfig = Field(default_factory=RollbackConfig)
+    diverging: DivergingConfig = Field(default_factory=DivergingConfig)
+    non_finite: NonFiniteConfig = Field(default_factory=NonFiniteConfig)
+    loss_spike: LossSpikeConfig = Field(default_factory=LossSpikeConfig)
+    grad_runaway: GradRunawayConfig = Field(default_factory=GradRunawayConfig)
+    alignment_stall: AlignmentStallConfig = Field(default_factory=AlignmentStallConfig)
+    attention_decay: AttentionDecayConfig = Field(default_factory=AttentionDecayConfig)
+    attention_collapse: AttentionCollapseConfig = Field(default_factory=AttentionCollapseConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    overfit: OverfitConfig = Field(default_factory=OverfitConfig)
+    plateau: PlateauConfig = Field(default_factory=PlateauConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PolicyConfig":
+        s = self.loss_spike
+        if s.min_baseline_steps > s.baseline_steps:
+            raise ValueError("loss_spike.min_baseline_steps must not exceed loss_spike.baseline_steps")
+        g = self.grad_runaway
+        if g.min_baseline_steps > g.baseline_steps:
+            raise ValueError("grad_runaway.min_baseline_steps must not exceed grad_runaway.baseline_steps")
+        a = self.alignment_stall
+        if a.initial_guided_attention_weight > a.max_guided_attention_weight:
+            raise ValueError("alignment_stall.initial_guided_attention_weight must not exceed its maximum")
+        return self
+
+    def policy(self, name: str) -> _Policy:
+        section = getattr(self, name, None)
+        if not isinstance(section, _Policy):
+            raise KeyError(f"no policy named {name!r}")
+        return section
