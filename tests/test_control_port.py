@@ -70,13 +70,16 @@ def test_save_checkpoint_and_rollback_skip_batches(espeak_dataset, tmp_path):
     save = SaveCheckpoint()
     back = Rollback(step=2, skip_batches=1)
     trainer, port, _ = _run(espeak_dataset, tmp_path, {2: [save], 4: [back]}, train__max_steps=6,
-                            checkpoint__every_steps=100, eval__every_steps=100)
+                            checkpoint__every_steps=4, eval__every_steps=100)
     assert port.ack_for(save.id).ok and "checkpoint_00000002.pt" in port.ack_for(save.id).detail
     first = port.ack_for(back.id)
     assert first.ok and "step 2" in first.detail and "skipped 1" in first.detail
     # The callback sends the same command again when step 4 comes round a second time:
     # it is acknowledged as a duplicate and not applied, so training goes on.
     assert [a.duplicate for a in port.acks if a.command_id == back.id] == [False, True]
+    # The abandoned branch's checkpoints are set aside, so --resume cannot pick them.
+    folder = tmp_path / "run" / "checkpoints"
+    assert (folder / "abandoned" / "checkpoint_00000004.pt").is_file()
     steps = [s.step for s in port.steps]
     # 1..4, then back to 2 and on: 3..6
     assert steps == [1, 2, 3, 4, 3, 4, 5, 6]

@@ -121,3 +121,34 @@ def test_nvidia_checkpoint_resumes_and_warm_starts(espeak_dataset, tmp_path):
     bigger = micro_config(espeak_dataset, tmp_path / "x", model__decoder_rnn_dim=96)
     with pytest.raises(CheckpointError, match=r"nvidia.pt.*decoder.decoder_rnn.* --ignore-layers"):
         Trainer(bigger, warm_start=nvidia)
+
+
+def test_fresh_run_refuses_a_run_dir_with_checkpoints(espeak_dataset, tmp_path):
+    from trainer.errors import UserError
+
+    cfg = micro_config(espeak_dataset, tmp_path / "run", train__max_steps=3)
+    Trainer(cfg).train()
+    with pytest.raises(UserError, match="already holds checkpoints.*step 3.*--resume"):
+        Trainer(cfg)
+    with pytest.raises(UserError, match="exclude each other"):
+        Trainer(cfg, resume=True, warm_start=tmp_path / "run" / "checkpoints" / "checkpoint_00000003.pt")
+
+
+def test_resume_applies_config_values_changed_since_the_save(espeak_dataset, tmp_path, capsys):
+    Trainer(micro_config(espeak_dataset, tmp_path / "run", train__max_steps=3)).train()
+    changed = micro_config(espeak_dataset, tmp_path / "run", train__max_steps=6, optim__learning_rate=5e-4,
+                           loss__gate_pos_weight=9.0)
+    resumed = Trainer(changed, resume=True)
+    assert resumed.current_lr == pytest.approx(5e-4) and resumed.loss_weights.gate_pos_weight == 9.0
+    assert "optim.learning_rate=0.0005" in capsys.readouterr().out
+    same = Trainer(micro_config(espeak_dataset, tmp_path / "run", train__max_steps=6), resume=True)
+    assert same.current_lr == pytest.approx(2e-3)
+
+
+def test_our_checkpoints_load_with_weights_only(espeak_dataset, tmp_path):
+    """Tools on PyTorch >= 2.6 (NVIDIA's included) load with weights_only=True by default."""
+    Trainer(micro_config(espeak_dataset, tmp_path / "run", train__max_steps=3)).train()
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "checkpoint_00000003.pt", weights_only=True)
+    assert ckpt["iteration"] == 3
+    mode = (tmp_path / "run" / "checkpoints" / "checkpoint_00000003.pt").stat().st_mode & 0o777
+    assert mode & 0o044  # readable by others as a normal file, not mkstemp's 0600

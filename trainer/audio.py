@@ -9,8 +9,6 @@ basis; ``torch.stft`` with ``center=True`` is the same transform, faster.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import torch
 
 from trainer.config import AudioConfig
 from trainer.errors import UserError
+from trainer.fsutil import atomic_write
 
 
 class AudioError(UserError):
@@ -222,32 +221,7 @@ def save_wav(path: str | Path, audio: np.ndarray | torch.Tensor, sampling_rate: 
     # Explicit conversion, so clipping and rounding do not depend on libsndfile settings.
     pcm = np.round(np.clip(np.nan_to_num(samples), -1.0, 1.0) * 32767.0).astype(np.int16)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            sf.write(handle, pcm, int(sampling_rate), format="WAV", subtype="PCM_16")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    with atomic_write(path) as handle:
+        sf.write(handle, pcm, int(sampling_rate), format="WAV", subtype="PCM_16")
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable; not every platform can open a folder."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -12,10 +12,8 @@ half-written checkpoint under a real name.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 import torch
 
 from trainer.errors import UserError
+from trainer.fsutil import atomic_write, sweep_temp_files
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^checkpoint_(\d{8,})\.pt$")
@@ -35,22 +34,8 @@ class CheckpointError(UserError):
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_write(path) as fh:
+        torch.save(obj, fh)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -111,8 +96,25 @@ class CheckpointManager:
         for old in self.list()[: -self.keep_last]:
             old.path.unlink(missing_ok=True)
         # Temp files of writers killed mid-save are garbage.
-        for tmp in self.directory.glob(".checkpoint_*.tmp"):
-            tmp.unlink(missing_ok=True)
+        sweep_temp_files(self.directory)
+
+    @property
+    def abandoned_dir(self) -> Path:
+        return self.directory / "abandoned"
+
+    def set_aside_after(self, step: int) -> int:
+        """After a rollback to ``step``, move the later checkpoints out of the way.
+
+        They belong to the abandoned branch: left in place they would look newest to
+        ``--resume`` and to pruning. They are kept (not deleted) for post-mortems.
+        """
+        moved = 0
+        for entry in self.list():
+            if entry.step > step:
+                self.abandoned_dir.mkdir(exist_ok=True)
+                entry.path.replace(self.abandoned_dir / entry.path.name)
+                moved += 1
+        return moved
 
     def load_latest_good(self, at_or_before: int | None = None) -> tuple[Path, dict[str, Any]] | None:
         """Newest checkpoint that loads, skipping (and reporting) corrupt ones."""

@@ -113,5 +113,8 @@ def apply_command(trainer: "Trainer", command: Command) -> CommandResult:
         ok = True
     except CommandFailed as exc:
         detail, ok = str(exc), False
+    except (OSError, RuntimeError, ValueError) as exc:
+        # A command that breaks (disk full while saving, say) is reported, not fatal.
+        detail, ok = f"{type(exc).__name__}: {exc}", False
     trainer.applied_commands[command.id] = trainer.step
     return CommandResult(command_id=command.id, kind=command.kind, ok=ok, detail=detail, step=trainer.step)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import yaml
 from trainer.errors import UserError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -122,7 +122,7 @@ class LossConfig(_Section):
 class OptimConfig(_Section):
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-6, ge=0)
-    adam_eps: float = Field(1e-6, gt=0)
+    adam_eps: float = Field(1e-8, gt=0)  # torch's default, as NVIDIA's train.py uses
     grad_clip_thresh: float = Field(1.0, gt=0)
     warmup_steps: int = Field(0, ge=0)
     # Exponential decay after ``decay_start``: lr * decay_rate ** ((step - start) / decay_steps).
@@ -140,6 +140,12 @@ class TrainConfig(_Section):
     log_every: int = Field(10, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["off", "bf16", "fp16"] = "off"
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML reads a bare `off` as False.
+        return "off" if value is False else value
     cudnn_benchmark: bool = False
     torch_threads: int | None = Field(None, gt=0)
 
@@ -167,7 +173,12 @@ class CheckpointConfig(_Section):
     every_steps: int = Field(1000, gt=0)
     keep_last: int = Field(3, ge=1)
     keep_best: bool = True
-    best_metric: str = "val_loss"
+    best_metric: Literal["val_loss", "val_mel_postnet_loss", "val_mel_loss", "val_gate_loss", "diagonality",
+                         "aligned_fraction", "gate_accuracy", "probe_stop_rate"] = "val_loss"
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.best_metric.startswith("val_")
 
 
 class TrackingConfig(_Section):

@@ -20,13 +20,14 @@ import threading
 import time
 import uuid
 from collections import deque
-from typing import Annotated, Literal, Protocol, Union
+from typing import Annotated, Literal, Protocol, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinities are real telemetry values: keep them through JSON.
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
 
 class StepTelemetry(_Record):
@@ -46,6 +47,9 @@ class StepTelemetry(_Record):
     step_seconds: float
     skipped_steps: int  # cumulative count of updates skipped for non-finite loss/gradients
     finite: bool  # was this step's loss and gradient finite (False: update skipped)
+    # fp16 only: GradScaler found inf gradients while probing its scale and skipped
+    # the update itself; routine, so ``finite`` stays True and nothing is counted.
+    loss_scale_overflow: bool = False
 
 
 class EvalRecord(_Record):
@@ -162,6 +166,7 @@ Command = Annotated[
     Field(discriminator="kind"),
 ]
 command_adapter: TypeAdapter[Command] = TypeAdapter(Command)
+COMMAND_KINDS: tuple[str, ...] = tuple(c.model_fields["kind"].default for c in get_args(get_args(Command)[0]))
 
 
 def parse_command(data: dict | str) -> Command:

@@ -33,8 +33,10 @@ class Evaluator:
         # Fixed order, sorted by length: the same batches every time, little padding.
         order = sorted(range(len(dataset)), key=lambda i: dataset.lengths[i])
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        if cfg.max_batches:
-            batches = batches[: cfg.max_batches]
+        if cfg.max_batches and len(batches) > cfg.max_batches:
+            # Evenly spaced over the length range, not just the shortest clips.
+            step = (len(batches) - 1) / max(cfg.max_batches - 1, 1)
+            batches = [batches[round(i * step)] for i in range(cfg.max_batches)]
         self.batches = [collate([dataset[i] for i in b]) for b in batches]
         probes = [torch.tensor(text_to_sequence(s, text)) for s in cfg.probe_sentences]
         self.probe_lengths = torch.tensor([len(p) for p in probes], dtype=torch.long)
@@ -48,7 +50,7 @@ class Evaluator:
         r = model.n_frames_per_step
         sums = dict.fromkeys(("total", "mel", "mel_postnet", "gate", "guided_attention"), 0.0)
         focus, diag, gate_acc, n_utts = [], [], [], 0
-        first: tuple | None = None
+        shown: tuple | None = None  # (alignment, mel, diagonality) of one mid-length clip
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(EVAL_SEED)
@@ -66,18 +68,18 @@ class Evaluator:
                 diag.append(d)
                 gate_acc.append(gate_balanced_accuracy(out.gate, batch.gate, steps, self.gate_threshold) * b)
                 n_utts += b
-                if first is None:
+                if shown is None and len(self.batches) // 2 == len(focus) - 1:
                     n, s = int(batch.text_lengths[0]), int(steps[0])
-                    first = (out.alignments[0, :s, :n].float().cpu().numpy(),
-                             out.mel_postnet[0, :, : int(batch.mel_lengths[0])].float().cpu().numpy())
+                    shown = (out.alignments[0, :s, :n].float().cpu().numpy(),
+                             out.mel_postnet[0, :, : int(batch.mel_lengths[0])].float().cpu().numpy(), float(d[0]))
             stop_rate = self._probe_stop_rate(model, device)
         model.train(was_training)
         focus_t, diag_t = torch.cat(focus), torch.cat(diag)
         aligned = ((focus_t >= self.cfg.aligned_focus) & (diag_t >= self.cfg.aligned_diagonality)).float().mean()
         image = None
-        if first is not None:
-            image = str(save_alignment_png(first[0], self.image_dir / f"step_{step:08d}.png",
-                                           f"step {step}: diagonality {float(diag_t[0]):.2f}", mel=first[1]))
+        if shown is not None:
+            image = str(save_alignment_png(shown[0], self.image_dir / f"step_{step:08d}.png",
+                                           f"step {step}: diagonality {shown[2]:.2f}", mel=shown[1]))
         return EvalRecord(
             step=step, wall_time=time.time(),
             val_loss=sums["total"] / n_utts, val_mel_loss=sums["mel"] / n_utts,

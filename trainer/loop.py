@@ -24,6 +24,7 @@ from trainer.checkpoint import NVIDIA_KEYS, CheckpointError, CheckpointManager, 
 from trainer.commands import apply_command
 from trainer.config import RunConfig
 from trainer.control import CheckpointRecord, ControlPort, NullPort, StepTelemetry
+from trainer.errors import UserError
 from trainer.data.dataset import Batch, BucketBatchSampler, Collate, TextMelDataset
 from trainer.evaluate import Evaluator
 from trainer.loss import LossWeights, tacotron2_loss
@@ -40,8 +41,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from trainer.errors import UserError
-
         raise UserError("train.device is 'cuda' but no CUDA device is available; set train.device: auto or cpu")
     return torch.device(name)
 
@@ -53,15 +52,24 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states as tensors and plain lists, so ``torch.load(weights_only=True)`` reads them."""
+    version, keys, pos, has_gauss, gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [version, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py_version, py_state, py_gauss = state["python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))
+    version, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((version, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -87,7 +95,7 @@ class Trainer:
         self.model = Tacotron2(config.model, len(symbols_for(config.text)), config.audio.n_mel_channels).to(self.device)
         o = config.optim
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.learning_rate, eps=o.adam_eps,
-                                          weight_decay=o.weight_decay)
+                                          weight_decay=o.weight_decay, fused=self.device.type == "cuda")
         self.schedule = LRSchedule(o)
         self.loss_weights = LossWeights.from_config(config.loss)
         self.grad_clip = o.grad_clip_thresh
@@ -119,6 +127,13 @@ class Trainer:
         self.sampler = BucketBatchSampler(self.train_set.lengths, d.batch_size, d.bucket_batches, config.train.seed)
         self.evaluator = Evaluator(val_set, self.collate, d.batch_size, config.eval, config.text,
                                    config.model.gate_threshold, self.run_dir / "alignments")
+        if warm_start is not None and resume:
+            raise UserError("--warm-start and --resume exclude each other: resume continues a run, "
+                            "warm start begins a new one from other weights")
+        if not resume and self.checkpoints.list():
+            newest = self.checkpoints.list()[-1]
+            raise UserError(f"{self.checkpoints.directory} already holds checkpoints (newest: step {newest.step}); "
+                            "add --resume to continue that run, or choose another run_dir for a new one")
         if warm_start is not None:
             self.warm_start(warm_start, ignore_layers)
         if resume:
@@ -144,6 +159,7 @@ class Trainer:
         if self._last_saved_step != self.step:
             self.save_checkpoint("final")
         self._notify("on_train_end", self, self.stop_reason)
+        self.port.close()
         return self.stop_reason
 
     def after_step(self) -> None:
@@ -174,12 +190,20 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         grad_norm = torch.tensor(float("nan"))
         finite = bool(torch.isfinite(parts.total))
+        backward_done = finite
+        overflow = False
         if finite:
             self._backward(parts.total)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             finite = bool(torch.isfinite(grad_norm))
+            # fp16: inf gradients are how GradScaler probes its scale; scaler.step() skips
+            # them itself. That is routine, not a sick run, so it is not counted as skipped.
+            overflow = self.scaler is not None and not finite
         if finite:
             (self.scaler.step(self.optimizer) if self.scaler else self.optimizer.step())
+        elif overflow:
+            self.scaler.step(self.optimizer)
+            finite = True
         else:
             # Never let a non-finite loss or gradient touch the weights.
             self.optimizer.zero_grad(set_to_none=True)
@@ -187,7 +211,8 @@ class Trainer:
                 for live, saved in zip(self.model.buffers(), buffers):
                     live.copy_(saved)
             self.skipped_steps += 1
-        if self.scaler:
+        if self.scaler and backward_done:
+            # A non-finite loss never reached the scaler (no backward): nothing to update.
             self.scaler.update()
         self.step += 1
         values = torch.stack([parts.total.detach(), parts.mel.detach(), parts.mel_postnet.detach(),
@@ -198,7 +223,7 @@ class Trainer:
             mel_postnet_loss=values[2], gate_loss=values[3], guided_attention_loss=values[4], grad_norm=values[5],
             grad_clip=self.grad_clip, guided_attention_weight=self.loss_weights.guided_attention_weight,
             gate_pos_weight=self.loss_weights.gate_pos_weight, step_seconds=time.perf_counter() - t0,
-            skipped_steps=self.skipped_steps, finite=finite,
+            skipped_steps=self.skipped_steps, finite=finite, loss_scale_overflow=overflow,
         )
 
     def _backward(self, loss: torch.Tensor) -> None:
@@ -275,9 +300,12 @@ class Trainer:
         self.port.emit_eval(record)
         self._notify("on_eval", self, record)
         metric = self.last_eval.get(self.config.checkpoint.best_metric)
-        if metric is not None and math.isfinite(metric) and metric < self.best_metric:
-            self.best_metric = metric
-            self.save_checkpoint("best", best=True)
+        if metric is not None and math.isfinite(metric):
+            # best_metric is stored as "lower is better"; higher-is-better metrics are negated.
+            score = metric if self.config.checkpoint.lower_is_better else -metric
+            if score < self.best_metric:
+                self.best_metric = score
+                self.save_checkpoint("best", best=True)
         return record
 
     def checkpoint_payload(self) -> dict[str, Any]:
@@ -333,16 +361,43 @@ class Trainer:
         self.grad_clip = ours["grad_clip"]
         if self.scaler and ours.get("scaler"):
             self.scaler.load_state_dict(ours["scaler"])
-        self.skipped_steps = ours["skipped_steps"]
         self.best_metric = ours["best_metric"]
         self.last_eval = ours["metrics"]
-        if restore_position:
+        if restore_position:  # resume (not rollback): the run's own counters and place
+            self.apply_config_changes(ours["config"], path)
+            self.skipped_steps = ours["skipped_steps"]
             self.epoch = ours["data_position"]["epoch"]
             self.batch_in_epoch = ours["data_position"]["batch_in_epoch"]
             self.applied_commands = OrderedDict(ours["applied_commands"])
             self.extras = ours.get("extras", {})
             set_rng_state(ours["rng"])
         self._stream = None
+
+    def apply_config_changes(self, saved: dict[str, Any], path: Path) -> None:
+        """On resume, values the user changed in the config since the save win.
+
+        Unchanged values come from the checkpoint (which may hold a supervisor's later
+        adjustments); a changed one means the user wants the new value now.
+        """
+        old_optim, old_loss = saved.get("optim", {}), saved.get("loss", {})
+        new_optim, new_loss = self.config.optim.model_dump(), self.config.loss.model_dump()
+        changed = []
+        if new_optim["learning_rate"] != old_optim.get("learning_rate", new_optim["learning_rate"]):
+            self.set_lr(new_optim["learning_rate"])
+            changed.append(f"optim.learning_rate={new_optim['learning_rate']}")
+        if new_optim["grad_clip_thresh"] != old_optim.get("grad_clip_thresh", new_optim["grad_clip_thresh"]):
+            self.grad_clip = new_optim["grad_clip_thresh"]
+            changed.append(f"optim.grad_clip_thresh={self.grad_clip}")
+        if new_optim["weight_decay"] != old_optim.get("weight_decay", new_optim["weight_decay"]):
+            for group in self.optimizer.param_groups:
+                group["weight_decay"] = new_optim["weight_decay"]
+            changed.append(f"optim.weight_decay={new_optim['weight_decay']}")
+        for key in ("gate_pos_weight", "guided_attention_weight", "guided_attention_sigma"):
+            if new_loss[key] != old_loss.get(key, new_loss[key]):
+                setattr(self.loss_weights, key, new_loss[key])
+                changed.append(f"loss.{key}={new_loss[key]}")
+        if changed:
+            print(f"resume: config changed since {path.name}; now using {', '.join(changed)}", flush=True)
 
     def _load_weights(self, state_dict: dict[str, torch.Tensor], path: Path, ignore: Sequence[str] = ()) -> None:
         own = self.model.state_dict()
@@ -389,11 +444,13 @@ class Trainer:
         if found is None:
             raise CheckpointError(f"no good checkpoint in {self.checkpoints.directory} to roll back to")
         path, ckpt = found
+        moved = self.checkpoints.set_aside_after(int(ckpt.get("iteration", 0)))
         # Going back in weights but not in data (restore_position=False): the batches
         # that led to trouble are not replayed.
         self.load_training_state(ckpt, path, restore_position=False)
         self.skip_batches(skip_batches)
-        return f"rolled back to {path.name} (step {self.step}), skipped {skip_batches} batches"
+        aside = f"; {moved} later checkpoint(s) moved to {self.checkpoints.abandoned_dir.name}/" if moved else ""
+        return f"rolled back to {path.name} (step {self.step}), skipped {skip_batches} batches{aside}"
 
     # -- reporting ------------------------------------------------------------------------
     def describe(self) -> str:

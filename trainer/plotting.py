@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from trainer.fsutil import atomic_write
 
 
 def save_alignment_png(alignment: np.ndarray, path: Path, title: str = "",
@@ -32,13 +32,6 @@ def save_alignment_png(alignment: np.ndarray, path: Path, title: str = "",
         ax2.set_ylabel("mel channel")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, durable=False) as fh:
+        fig.savefig(fh, format="png")
     return path

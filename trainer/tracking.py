@@ -53,13 +53,25 @@ class MlflowLogger(BaseCallback):
 
     # -- training thread: enqueue only ------------------------------------------
     def on_train_start(self, trainer: "Trainer") -> None:
+        try:
+            self._start(trainer)
+        except Exception as exc:  # an unusable store must not stop training
+            print(f"warning: MLflow at {self.uri} is unusable ({type(exc).__name__}: {str(exc)[:200]}); "
+                  "training continues without MLflow logging", flush=True)
+            self._client = None
+
+    def _start(self, trainer: "Trainer") -> None:
         from mlflow.tracking import MlflowClient
 
         self._client = MlflowClient(tracking_uri=self.uri)
         self.run_id = trainer.extras.get("mlflow_run_id")
         if self.run_id is None:
             exp = self._client.get_experiment_by_name(self.cfg.experiment_name)
-            exp_id = exp.experiment_id if exp else self._client.create_experiment(self.cfg.experiment_name)
+            # With the default per-run store, artifacts live in the run folder too
+            # (MLflow's default would be ./mlruns of whatever the current directory is).
+            location = None if self.cfg.tracking_uri else (Path(trainer.run_dir) / "mlartifacts").resolve().as_uri()
+            exp_id = exp.experiment_id if exp else self._client.create_experiment(self.cfg.experiment_name,
+                                                                                 artifact_location=location)
             run = self._client.create_run(exp_id, run_name=self.cfg.run_name or Path(trainer.run_dir).name)
             self.run_id = run.info.run_id
             trainer.extras["mlflow_run_id"] = self.run_id
@@ -72,16 +84,22 @@ class MlflowLogger(BaseCallback):
         self._thread.start()
 
     def on_step(self, trainer: "Trainer", record: StepTelemetry) -> None:
+        if self._client is None:
+            return
         ts = int(record.wall_time * 1000)
         self._queue.put(("metrics", [(k, float(getattr(record, k)), ts, record.step) for k in _STEP_FIELDS]))
 
     def on_eval(self, trainer: "Trainer", record: EvalRecord) -> None:
+        if self._client is None:
+            return
         ts = int(record.wall_time * 1000)
         self._queue.put(("metrics", [(k, float(getattr(record, k)), ts, record.step) for k in _EVAL_FIELDS]))
         if record.alignment_image:
             self._queue.put(("artifact", record.alignment_image))
 
     def on_train_end(self, trainer: "Trainer", reason: str) -> None:
+        if self._client is None:
+            return
         self._queue.put(("end", "FINISHED" if reason in ("max_steps", "max_minutes") else "KILLED"))
         self._queue.put(None)
         if self._thread is not None:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from trainer.audio import load_wav, mel_spectrogram
 from trainer.config import AudioConfig, DataConfig, TextConfig
 from trainer.data.filelist import Entry, read_filelist
 from trainer.errors import UserError
+from trainer.fsutil import atomic_write
 from trainer.text import TextError, text_to_sequence
 
 
@@ -35,14 +34,9 @@ class DatasetError(UserError):
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".npy.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # A cache: recomputable, so no fsync; but never a torn file under the real name.
+    with atomic_write(path, durable=False) as fh:
+        np.save(fh, array)
 
 
 class MelCache:
@@ -59,13 +53,20 @@ class MelCache:
         key = f"{entry.audio_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
         return self.dir / f"{entry.audio_path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.npy"
 
-    def mel(self, entry: Entry) -> np.ndarray:
+    def ensure(self, entry: Entry) -> tuple[Path, int]:
+        """Cache path and frame count of a clip, computing its mel if needed."""
         path = self.path_for(entry)
         if path.exists():
             try:
-                return np.load(path)
-            except (ValueError, OSError, EOFError):
+                # Header only: reading every mel in full at start-up would cost GBs of I/O.
+                return path, int(np.load(path, mmap_mode="r").shape[1])
+            except (ValueError, OSError, EOFError, IndexError):
                 pass  # a damaged cache entry is recomputed, never trusted
+        mel = self._compute(entry)
+        _atomic_save_npy(path, mel)
+        return path, mel.shape[1]
+
+    def _compute(self, entry: Entry) -> np.ndarray:
         audio, rate = load_wav(entry.audio_path)
         if rate != self.audio.sampling_rate:
             raise DatasetError(
@@ -73,15 +74,17 @@ class MelCache:
                 f"{self.audio.sampling_rate}; resample it (sox in.wav -r {self.audio.sampling_rate} out.wav) "
                 "or run 'smart-tuner data check'"
             )
-        mel = mel_spectrogram(audio.astype(np.float32), self.audio).astype(np.float32)
-        _atomic_save_npy(path, mel)
-        return mel
+        if len(audio) <= self.audio.filter_length // 2:
+            raise DatasetError(f"{entry.where}: {entry.audio_path.name} has only {len(audio)} samples, too short for "
+                               f"a {self.audio.filter_length}-point STFT; remove the line")
+        return mel_spectrogram(audio.astype(np.float32), self.audio).astype(np.float32)
 
 
 @dataclass(frozen=True)
 class Utterance:
     entry: Entry
     text_ids: np.ndarray
+    mel_path: Path
     n_frames: int
 
 
@@ -105,11 +108,11 @@ class TextMelDataset(Dataset):
                 ids = np.asarray(text_to_sequence(entry.text, text), dtype=np.int64)
             except TextError as exc:
                 raise DatasetError(f"{entry.where}: {exc}") from None
-            n_frames = self.cache.mel(entry).shape[1]
+            mel_path, n_frames = self.cache.ensure(entry)
             if n_frames > max_frames:
                 too_long.append(entry.where)
                 continue
-            self.items.append(Utterance(entry, ids, n_frames))
+            self.items.append(Utterance(entry, ids, mel_path, n_frames))
             if progress and (i + 1) % 500 == 0:
                 print(f"  mel cache: {i + 1}/{len(entries)} clips", flush=True)
         if too_long:
@@ -129,7 +132,7 @@ class TextMelDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         u = self.items[index]
-        return torch.from_numpy(u.text_ids), torch.from_numpy(self.cache.mel(u.entry))
+        return torch.from_numpy(u.text_ids), torch.from_numpy(np.load(u.mel_path))
 
 
 class BucketBatchSampler:

@@ -32,6 +32,7 @@ import numpy as np
 import soundfile as sf
 
 from trainer.errors import UserError
+from trainer.fsutil import atomic_write
 
 SAMPLING_RATE = 22050
 EDGE_MARGIN_SECONDS = 0.05
@@ -200,9 +201,8 @@ def _make_clip(exe: str, voice: str, rate: int | None, sentence: Sentence, wav_d
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def _check_manifest(out_dir: Path, manifest: dict) -> None:
