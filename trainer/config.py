@@ -203,6 +203,9 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    # The supervisor's section (agent.config.SupervisorConfig). The trainer does not
+    # read it; it is validated by the agent, which owns its schema.
+    supervisor: dict[str, Any] = Field(default_factory=dict)
 
 
 class ConfigError(UserError):
