@@ -1,0 +1,103 @@
+"""The trainer child: ``python -m agent.child --config RUN_CONFIG_YAML``.
+
+The daemon (:mod:`agent.daemon`) starts this process and restarts it after a crash.
+It trains with the run journal as its control port and always resumes: from the
+newest good checkpoint of the run if there is one, from scratch otherwise.
+
+SIGTERM or SIGINT: finish the current step, write a final checkpoint, exit 0.
+Exit codes: 0 finished or stopped; 2 a user error (one line ``error: ...`` on stderr;
+restarting will not help); 1 a crash (traceback on stderr, which the daemon sends to
+the trainer log).
+
+``SMART_TUNER_FAULTS`` (see :mod:`agent.faults`) injects faults for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from trainer.callbacks import BaseCallback
+from trainer.errors import UserError
+
+EXIT_OK, EXIT_CRASH, EXIT_USER_ERROR = 0, 1, 2
+# Journal state key: {"pid", "status": "stopping", "reason", "step", "at"} once the loop has
+# ended, so the daemon's stall watchdog allows the exit (MLflow flush, interpreter
+# teardown) process.stop_grace_seconds instead of calling the silence a hang.
+STATUS_KEY = "child_status"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent.child", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="the resolved run config the daemon wrote")
+    args = parser.parse_args(argv)
+
+    state: dict[str, Any] = {"trainer": None, "stop": None}
+
+    def on_signal(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        trainer = state["trainer"]
+        if trainer is None:  # still starting: stop as soon as the trainer exists
+            state["stop"] = name
+        else:
+            trainer.request_stop(name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
+    try:
+        return _train(args.config, state)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+
+
+def _train(config_path: str, state: dict[str, Any]) -> int:
+    from agent.faults import faults_from_env
+    from agent.paths import journal_path
+    from agent.port import JournalPort
+    from trainer.config import load_config
+
+    config = load_config(config_path)
+    # The daemon checkpoints the WAL from a periodic job: no 5-50 ms stalls in a step.
+    port = JournalPort(journal_path(config.run_dir), autocheckpoint=False)
+    try:
+        from trainer.callbacks import ConsoleProgress
+        from trainer.loop import Trainer
+
+        callbacks: list = [_AnnounceStop(port), ConsoleProgress(config.train.log_every)]
+        if config.tracking.enabled:
+            from trainer.tracking import MlflowLogger
+
+            callbacks.append(MlflowLogger(config.tracking, config.run_dir))
+        faults = faults_from_env(port.journal)
+        if faults is not None:
+            callbacks.append(faults)
+        trainer = Trainer(config, port=port, callbacks=callbacks, resume=True)
+        state["trainer"] = trainer
+        if state["stop"] is not None:
+            print(f"stopped before training ({state['stop']})", flush=True)
+            return EXIT_OK
+        trainer.train()
+        return EXIT_OK
+    finally:
+        port.close()
+
+
+class _AnnounceStop(BaseCallback):
+    """First callback: tells the daemon (journal state) that the loop ended and the exit is under way."""
+
+    def __init__(self, port: Any) -> None:
+        self.port = port
+
+    def on_train_end(self, trainer: Any, reason: str) -> None:
+        self.port.journal.set_state(STATUS_KEY, {"pid": os.getpid(), "status": "stopping", "reason": reason,
+                                                 "step": trainer.step, "at": time.time()})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

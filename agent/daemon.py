@@ -1,0 +1,739 @@
+"""The daemon: runs the trainer as a child process and keeps it (and the supervisor) going.
+
+``run_daemon(config, log=...)`` is what ``smart-tuner run --config C`` calls. It
+
+1. validates the ``supervisor:`` section, creates the run folder, takes the run's
+   daemon lock (one daemon per run), writes the resolved config for the child
+   (atomically) and opens the run journal;
+2. builds the supervisor (``agent.supervisor.Supervisor``), which restores its phase
+   and pending proposals from the journal;
+3. stops an orphaned trainer left by a daemon that was killed (``kill -9``): the pid
+   file names it, ``/proc/PID/cmdline`` confirms it is this run's ``agent.child``;
+4. starts the child ``python -m agent.child --config RUN/run-config.yaml`` (it
+   resumes from the newest good checkpoint), its output appended to ``RUN/trainer.log``
+   and echoed to the console by a thread that follows that file;
+5. runs APScheduler jobs: the supervisor's tick, the stall watchdog, the status
+   digest, and WAL checkpoints of the journal;
+6. waits for the child. Exit 0: the run is over, the daemon exits 0. A crash (non-zero
+   exit, a signal) or a hang (no telemetry for ``process.hang_seconds`` while not
+   paused; the watchdog SIGKILLs it): restart with exponential backoff, and give up
+   (exit 1) after ``process.max_restarts`` consecutive failures without progress.
+   Exit 2 from the child (a user error: the config, the data) is not retried.
+
+SIGTERM/SIGINT to the daemon: SIGTERM to the child (it finishes the step and writes a
+final checkpoint), SIGKILL after ``process.stop_grace_seconds``, exit 0. A second
+signal kills the child at once.
+
+The child runs in its own session and writes to the log file itself (no pipe), so a
+daemon killed with ``kill -9`` leaves the trainer training; the next daemon stops it
+gracefully (final checkpoint) and starts a fresh child, which resumes.
+
+Start-up cost: this module imports neither torch nor mlflow, optuna or aiogram; the
+daemon is ready (journal open, phase restored, child launched) in well under 2 s.
+Each child event (started, restarted, crashed, hung, finished, gave_up, stopped) is a
+call of the supervisor's ``note_child_event`` (which records it as an audit row, actor
+``daemon``, and notifies) and a structlog event.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import functools
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, Protocol, Sequence
+
+import yaml
+from pydantic import ValidationError
+
+from agent.child import STATUS_KEY as CHILD_STATUS_KEY
+from agent.config import SupervisorConfig
+from agent.journal import Journal, StatusSummary
+from agent.paths import child_config_path, journal_path, trainer_log_path
+from trainer.config import RunConfig
+from trainer.errors import UserError
+from trainer.fsutil import atomic_write
+
+EXIT_OK = 0
+EXIT_GAVE_UP = 1
+EXIT_USER_ERROR = 2  # the child's exit code for a user error, and the daemon's when it passes one on
+
+CHILD_MODULE = "agent.child"
+LOG_TAIL_LINES = 20
+# Before a child's first telemetry row (imports, dataset scan, mel cache, resume) the
+# stall limit is max(hang_seconds, this), and output to the trainer log counts as life.
+STARTUP_GRACE_SECONDS = 300.0
+WAL_CHECKPOINT_SECONDS = 60.0
+ORPHAN_KILL_WAIT_SECONDS = 10.0
+
+
+def child_pid_path(run_dir: str | Path) -> Path:
+    """The running trainer child's pid (JSON), for finding an orphan after ``kill -9`` of the daemon."""
+    return Path(run_dir) / "trainer.pid"
+
+
+def daemon_lock_path(run_dir: str | Path) -> Path:
+    """Held (flock) by the run's daemon while it lives; released by the kernel on any exit."""
+    return Path(run_dir) / "daemon.lock"
+
+
+class SupervisorLike(Protocol):
+    phase: Any
+
+    def tick(self) -> Any: ...
+
+    def note_child_event(self, kind: str, detail: str = "") -> Any: ...
+
+
+SupervisorFactory = Callable[..., SupervisorLike]  # (journal, cfg, *, warmup_steps) -> supervisor
+
+
+def default_supervisor(journal: Journal, cfg: SupervisorConfig, *, warmup_steps: int,
+                       log: Any = None) -> SupervisorLike:
+    """The real supervisor (imported here, so a missing implementation fails clearly)."""
+    try:
+        from agent.supervisor import Supervisor
+    except ImportError as exc:
+        raise RuntimeError(f"agent.supervisor.Supervisor cannot be imported: {exc}") from exc
+    try:
+        if log is None:
+            return Supervisor(journal, cfg, warmup_steps=warmup_steps)
+        return Supervisor(journal, cfg, warmup_steps=warmup_steps, log=log)
+    except TypeError as exc:
+        raise RuntimeError(f"agent.supervisor.Supervisor(journal, cfg, warmup_steps=N) failed: {exc} "
+                           "(is the supervisor implemented?)") from exc
+
+
+# -- small helpers ------------------------------------------------------------------------------
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started (Linux /proc), for the readiness log."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _proc_alive(pid: int) -> bool:
+    """Running (not gone, not a zombie awaiting its reaper)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return not Path("/proc").is_dir()  # no /proc: trust kill(0)
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _proc_cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _tail_lines(path: Path, n: int, start: int = 0, max_bytes: int = 64 * 1024) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            begin = max(start, size - max_bytes)
+            fh.seek(begin)
+            data = fh.read()
+    except OSError:
+        return []
+    lines = data.decode(errors="replace").splitlines()
+    if begin > start and lines:
+        lines = lines[1:]  # the first line is probably cut
+    return lines[-n:]
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def digest_text(summary: StatusSummary, run: str) -> str:
+    """The periodic status digest (plain text for the notifiers)."""
+    lines = [f"Smart Tuner digest: {run}", f"phase: {summary.phase or 'not yet known'}"]
+    st = summary.latest_step
+    if st is not None:
+        lines.append(f"step {st.step}: loss {st.loss:.4f}, grad norm {st.grad_norm:.2f}, lr {st.lr:.2e}"
+                     + (f", {st.skipped_steps} skipped" if st.skipped_steps else ""))
+    else:
+        lines.append("no training steps yet")
+    ev = summary.latest_eval
+    if ev is not None:
+        lines.append(f"eval at {ev.step}: val loss {ev.val_loss:.4f}, diagonality {ev.diagonality:.3f}, "
+                     f"gate accuracy {ev.gate_accuracy:.3f}")
+    if summary.steps_per_second:
+        lines.append(f"speed: {summary.steps_per_second:.2f} steps/s")
+    ck = summary.latest_checkpoint
+    if ck is not None:
+        lines.append(f"latest checkpoint: step {ck.step} ({ck.health})")
+    pending = summary.pending_proposals
+    lines.append(f"pending proposals: {len(pending)}")
+    lines += [f"  #{p.id} {p.kind}: {p.reason}" for p in pending[:5]]
+    return "\n".join(lines)
+
+
+class _TelemetryProbe:
+    """Cheap questions about the telemetry table (its own connection; reads only).
+
+    (``Journal`` has no method for "rows after seq N: how many, highest step": this is
+    the one place that reads the table directly.)
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._con = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        self._con.execute("PRAGMA busy_timeout = 10000")
+        self._lock = threading.Lock()
+
+    def last_seq(self) -> int:
+        with self._lock:
+            return self._con.execute("SELECT coalesce(max(seq), 0) FROM telemetry").fetchone()[0]
+
+    def after(self, seq: int) -> tuple[int, int | None, int]:
+        """(rows after ``seq``, the highest step among them, the highest seq)."""
+        with self._lock:
+            n, step, top = self._con.execute("SELECT count(*), max(step), max(seq) FROM telemetry WHERE seq > ?",
+                                             (seq,)).fetchone()
+        return n, step, top if top is not None else seq
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+
+class _LogFollower:
+    """Echoes new lines of the trainer log to a stream (a thread following the file)."""
+
+    def __init__(self, path: Path, offset: int, out: IO[str]) -> None:
+        self.path, self.pos, self.out = path, offset, out
+        self._partial = b""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="trainer-log-echo", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.pump()
+
+    def pump(self) -> None:
+        with self._lock:
+            try:
+                with open(self.path, "rb") as fh:
+                    if fh.seek(0, os.SEEK_END) < self.pos:  # replaced or truncated: start over
+                        self.pos, self._partial = 0, b""
+                    fh.seek(self.pos)
+                    data = fh.read()
+            except OSError:
+                return
+            if not data:
+                return
+            self.pos += len(data)
+            data = self._partial + data
+            complete, _, self._partial = data.rpartition(b"\n")
+            if complete:
+                try:
+                    self.out.write(complete.decode(errors="replace") + "\n")
+                    self.out.flush()
+                except (OSError, ValueError):  # console gone: keep running without the echo
+                    self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+        self.pump()
+
+
+@dataclass
+class _ChildRun:
+    proc: subprocess.Popen
+    started: float  # monotonic
+    start_step: int | None  # the journal's newest step when it started
+    log_offset: int
+    cursor: int  # telemetry seq seen so far
+    last_activity: float
+    log_size: int
+    max_step: int | None = None  # highest step among the telemetry rows it wrote
+    rows_seen: bool = False
+    hung: bool = False
+    stopping_since: float | None = None  # monotonic time the watchdog saw its loop had ended
+
+    @property
+    def progressed(self) -> bool:
+        return self.max_step is not None and (self.start_step is None or self.max_step > self.start_step)
+
+
+class Daemon:
+    """One supervised run (see the module docstring). Use :func:`run_daemon`."""
+
+    def __init__(self, config: RunConfig, *, log: Any = None, supervisor_factory: SupervisorFactory | None = None,
+                 echo_child: bool | None = True, echo_stream: IO[str] | None = None,
+                 child_command: Sequence[str] | None = None,
+                 startup_grace_seconds: float = STARTUP_GRACE_SECONDS) -> None:
+        if log is None:
+            from agent.logs import get_logger
+
+            log = get_logger()
+        try:
+            self.cfg = SupervisorConfig.model_validate(config.supervisor)
+        except ValidationError as exc:
+            problems = "\n  ".join(f"supervisor.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                                   for e in exc.errors())
+            raise UserError(f"invalid supervisor section in the config:\n  {problems}") from None
+        self.config = config
+        self.log = log
+        self.run_dir = Path(config.run_dir)
+        self.config_path = child_config_path(self.run_dir).resolve()
+        self.log_path = trainer_log_path(self.run_dir)
+        self.proc_cfg = self.cfg.process
+        self.supervisor_factory = supervisor_factory or functools.partial(default_supervisor, log=log)
+        stream = echo_stream if echo_stream is not None else sys.stdout
+        if echo_child is None:
+            echo_child = hasattr(stream, "isatty") and stream.isatty()
+        self.echo_stream = stream if echo_child else None
+        self.child_command = list(child_command) if child_command is not None else None
+        self.startup_grace = startup_grace_seconds
+
+        self.journal: Journal | None = None
+        self.supervisor: SupervisorLike | None = None
+        self._probe: _TelemetryProbe | None = None
+        self._scheduler: Any = None
+        self._follower: _LogFollower | None = None
+        self._lock_fd: int | None = None
+        self._run: _ChildRun | None = None
+        self._run_lock = threading.Lock()
+        self._sup_lock = threading.Lock()  # the supervisor is driven from two threads
+        self._stop = threading.Event()
+        self._kill_now = threading.Event()
+        self._stop_signal: str | None = None
+        self._old_handlers: dict[int, Any] = {}
+        self.ready_seconds: float | None = None
+
+    # -- the whole life ---------------------------------------------------------------------
+    def run(self) -> int:
+        t0 = time.monotonic()
+        self._install_signal_handlers()
+        try:
+            self._setup()
+            self._stop_orphan()
+            if self._stop.is_set():
+                return EXIT_OK
+            self._launch(restart_detail=None)
+            self._start_scheduler()
+            self.ready_seconds = time.monotonic() - t0
+            age = _process_age()
+            self.log.info("daemon ready", seconds=round(self.ready_seconds, 3),
+                          since_process_start=round(age, 3) if age is not None else None,
+                          phase=self._phase(), child_pid=self._run.proc.pid if self._run else None,
+                          run_dir=str(self.run_dir))
+            return self._loop()
+        finally:
+            self._teardown()
+            self._restore_signal_handlers()
+
+    def _setup(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        with atomic_write(self.config_path, "w", encoding="utf-8") as fh:
+            yaml.safe_dump(self.config.model_dump(mode="json"), fh, sort_keys=False, allow_unicode=True)
+        self.journal = Journal(journal_path(self.run_dir))
+        self._probe = _TelemetryProbe(journal_path(self.run_dir))
+        self.supervisor = self.supervisor_factory(self.journal, self.cfg, warmup_steps=self.config.optim.warmup_steps)
+        if self.echo_stream is not None:
+            self._follower = _LogFollower(self.log_path, _file_size(self.log_path), self.echo_stream)
+            self._follower.start()
+
+    def _take_lock(self) -> None:
+        path = daemon_lock_path(self.run_dir)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"{self.run_dir} is already supervised by a running daemon (pid {holder}); "
+                            "stop it first (smart-tuner stop) or use another run_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _loop(self) -> int:
+        stalled = 0  # consecutive failed children that made no progress
+        while True:
+            code = self._wait_child()
+            if code is None:
+                return self._stop_child()
+            run = self._run
+            assert run is not None
+            with self._run_lock:
+                self._catch_up(run)
+            if self._follower is not None:
+                self._follower.pump()
+            child_pid_path(self.run_dir).unlink(missing_ok=True)
+            if code == 0:
+                self._event("finished", f"trainer exited 0 at step {run.max_step}", step=run.max_step)
+                return EXIT_OK
+            tail = _tail_lines(self.log_path, LOG_TAIL_LINES, run.log_offset)
+            if not run.hung:
+                self._event("crashed", f"{_describe_exit(code)} at step {run.max_step}; last lines of "
+                            f"{self.log_path.name}:\n" + "\n".join(tail), exit=code, step=run.max_step,
+                            log_tail=tail)
+            if code == EXIT_USER_ERROR and not run.hung:
+                last = next((line for line in reversed(tail) if line.strip()), "")
+                self._event("gave_up", f"the trainer reported an error a restart cannot fix: {last}")
+                return EXIT_USER_ERROR
+            stalled = 0 if run.progressed else stalled + 1
+            if stalled > self.proc_cfg.max_restarts:
+                self._event("gave_up", f"{stalled} consecutive failures without progress "
+                            f"(process.max_restarts is {self.proc_cfg.max_restarts})")
+                return EXIT_GAVE_UP
+            delay = min(self.proc_cfg.backoff_seconds * 2 ** max(stalled - 1, 0), self.proc_cfg.backoff_max_seconds)
+            self.log.info("restarting trainer", in_seconds=delay, failures_without_progress=stalled)
+            if self._stop.wait(delay):
+                self._event("stopped", f"daemon stopped by {self._stop_signal} while waiting to restart")
+                return EXIT_OK
+            why = "hang" if run.hung else _describe_exit(code)
+            self._launch(restart_detail=f"after {why}; {stalled} failure(s) without progress, backoff {delay:g} s")
+
+    def _wait_child(self) -> int | None:
+        """The child's exit code, or None when the daemon is asked to stop."""
+        run = self._run
+        assert run is not None
+        while not self._stop.is_set():
+            try:
+                return run.proc.wait(timeout=0.25)
+            except subprocess.TimeoutExpired:
+                continue
+        return None
+
+    def _stop_child(self) -> int:
+        run = self._run
+        grace = self.proc_cfg.stop_grace_seconds
+        code: int | None = None
+        if run is not None:
+            if run.proc.poll() is None:
+                self.log.info("stopping trainer", signal="SIGTERM", grace_seconds=grace, reason=self._stop_signal)
+                run.proc.send_signal(signal.SIGTERM)
+                code = self._wait_for(run.proc, grace)
+                if code is None:
+                    self.log.warning("trainer did not stop in time; killing it", grace_seconds=grace)
+                    run.proc.kill()
+                    code = run.proc.wait()
+            code = run.proc.returncode
+            with self._run_lock:
+                self._catch_up(run)
+            child_pid_path(self.run_dir).unlink(missing_ok=True)
+        self._event("stopped", f"daemon stopped by {self._stop_signal}; trainer "
+                    f"{_describe_exit(code) if code is not None else 'not running'} at step "
+                    f"{run.max_step if run else None}", exit=code)
+        return EXIT_OK
+
+    def _wait_for(self, proc: subprocess.Popen, seconds: float) -> int | None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self._kill_now.is_set():
+            try:
+                return proc.wait(timeout=0.25)
+            except subprocess.TimeoutExpired:
+                continue
+        return proc.poll()
+
+    def _teardown(self) -> None:
+        run = self._run
+        if run is not None and run.proc.poll() is None:  # leaving on an error: do not leave a trainer behind
+            self.log.warning("daemon exiting with the trainer running; stopping it", child_pid=run.proc.pid)
+            run.proc.send_signal(signal.SIGTERM)
+            if self._wait_for(run.proc, self.proc_cfg.stop_grace_seconds) is None:
+                run.proc.kill()
+                run.proc.wait()
+            child_pid_path(self.run_dir).unlink(missing_ok=True)
+        if self._scheduler is not None:
+            try:
+                self._scheduler.shutdown(wait=True)
+            except Exception:  # noqa: BLE001 - already stopped
+                pass
+        if self._follower is not None:
+            self._follower.stop()
+        if self._probe is not None:
+            self._probe.close()
+        if self.journal is not None:
+            self.journal.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- signals --------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # embedded (tests): the caller stops it with request_stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, old in self._old_handlers.items():
+            signal.signal(sig, old)
+        self._old_handlers.clear()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.request_stop(signal.Signals(signum).name)
+
+    def request_stop(self, reason: str = "request") -> None:
+        """Stop as on SIGTERM (a second call: kill the trainer without waiting)."""
+        if self._stop.is_set():
+            self._kill_now.set()
+            return
+        self._stop_signal = reason
+        self._stop.set()
+
+    # -- the child --------------------------------------------------------------------------------
+    def _command(self) -> list[str]:
+        if self.child_command is not None:
+            return self.child_command
+        return [sys.executable, "-m", CHILD_MODULE, "--config", str(self.config_path)]
+
+    def _launch(self, restart_detail: str | None) -> None:
+        assert self.journal is not None and self._probe is not None
+        latest = self.journal.latest_steps(1)
+        start_step = latest[0].step if latest else None
+        cursor = self._probe.last_seq()
+        offset = _file_size(self.log_path)
+        kind = "restarted" if restart_detail is not None else "started"
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.log_path, "ab") as logf:
+            stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            logf.write(f"--- {stamp} daemon {os.getpid()}: trainer {kind} ---\n".encode())
+            logf.flush()
+            proc = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                    env=env, start_new_session=True, close_fds=True)
+        now = time.monotonic()
+        with self._run_lock:
+            self._run = _ChildRun(proc=proc, started=now, start_step=start_step, log_offset=offset, cursor=cursor,
+                                  last_activity=now, log_size=_file_size(self.log_path))
+        with atomic_write(child_pid_path(self.run_dir), "w", encoding="utf-8") as fh:
+            json.dump({"pid": proc.pid, "config": str(self.config_path), "daemon_pid": os.getpid(),
+                       "started_at": time.time()}, fh)
+        where = f"resuming after step {start_step}" if start_step is not None else "no telemetry yet"
+        self._event(kind, f"pid {proc.pid}; {where}" + (f"; {restart_detail}" if restart_detail else ""),
+                    child_pid=proc.pid)
+
+    def _stop_orphan(self) -> None:
+        """Stop a trainer left running by a daemon that died (its pid file names it)."""
+        path = child_pid_path(self.run_dir)
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            pid = int(info["pid"])
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)
+            return
+        cmdline = _proc_cmdline(pid)
+        ours = _proc_alive(pid) and CHILD_MODULE in cmdline and str(self.config_path) in cmdline
+        if ours:
+            grace = self.proc_cfg.stop_grace_seconds
+            self.log.warning("orphaned trainer found; stopping it", pid=pid, grace_seconds=grace)
+            t0 = time.monotonic()
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            how = "SIGTERM"
+            if not self._wait_gone(pid, grace):
+                how = "SIGKILL"
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self._wait_gone(pid, ORPHAN_KILL_WAIT_SECONDS)
+            detail = f"pid {pid} stopped with {how} in {time.monotonic() - t0:.1f} s"
+            assert self.journal is not None
+            self.journal.audit("daemon", "orphan_stopped", detail)
+            self.log.warning("orphaned trainer stopped", pid=pid, signal=how,
+                             seconds=round(time.monotonic() - t0, 2))
+        path.unlink(missing_ok=True)
+
+    def _wait_gone(self, pid: int, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while _proc_alive(pid):
+            if time.monotonic() >= deadline or self._kill_now.is_set():
+                return False
+            time.sleep(0.1)
+        return True
+
+    def _catch_up(self, run: _ChildRun) -> bool:
+        """Read telemetry rows the child wrote since last time; True if there were any."""
+        assert self._probe is not None
+        n, step, top = self._probe.after(run.cursor)
+        if not n:
+            return False
+        run.cursor = top
+        run.max_step = step if run.max_step is None else max(run.max_step, step)
+        run.rows_seen = True
+        return True
+
+    # -- events ----------------------------------------------------------------------------------
+    def _event(self, kind: str, detail: str, **fields: Any) -> None:
+        """A child event: the supervisor's notice (which records it in the journal), a log event.
+
+        ``Supervisor.note_child_event`` writes the audit row (actor ``daemon``) and the
+        notification; if it fails, the daemon writes the audit row itself.
+        """
+        noted = False
+        if self.supervisor is not None:
+            try:
+                with self._sup_lock:
+                    self.supervisor.note_child_event(kind, detail)
+                noted = True
+            except Exception:  # noqa: BLE001 - the supervisor's bug must not stop the daemon
+                self.log.exception("supervisor.note_child_event failed", kind=kind)
+        if not noted and self.journal is not None:
+            try:
+                self.journal.audit("daemon", kind, detail)
+            except Exception:  # noqa: BLE001 - never lose the log line over the journal
+                self.log.exception("journal audit failed", kind=kind)
+        level = "warning" if kind in ("crashed", "hung", "gave_up") else "info"
+        if kind == "gave_up":
+            level = "error"
+        summary = detail.split("\n", 1)[0]
+        getattr(self.log, level)(f"trainer {kind}", detail=summary, **fields)
+
+    def _phase(self) -> str | None:
+        phase = getattr(self.supervisor, "phase", None)
+        return getattr(phase, "value", phase) if phase is not None else None
+
+    # -- scheduled jobs -----------------------------------------------------------------------------
+    def _start_scheduler(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        sched = BackgroundScheduler(timezone=_dt.timezone.utc, daemon=True, job_defaults={
+            "coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+        sched.add_job(self._job(self._tick), "interval", seconds=self.cfg.tick_seconds, id="supervisor-tick")
+        watch = max(0.2, min(2.0, self.proc_cfg.hang_seconds / 5))
+        sched.add_job(self._job(self._watchdog), "interval", seconds=watch, id="stall-watchdog")
+        if self.cfg.digest_minutes > 0:
+            sched.add_job(self._job(self._digest), "interval", minutes=self.cfg.digest_minutes, id="digest")
+        sched.add_job(self._job(self._wal_checkpoint), "interval", seconds=WAL_CHECKPOINT_SECONDS, id="wal-checkpoint")
+        sched.start()
+        self._scheduler = sched
+
+    def _job(self, fn: Callable[[], None]) -> Callable[[], None]:
+        name = fn.__name__.lstrip("_")
+
+        def job() -> None:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - log and keep the schedule
+                self.log.exception("scheduled job failed", job=name)
+        job.__name__ = name
+        return job
+
+    def _tick(self) -> None:
+        if self.supervisor is not None:
+            with self._sup_lock:
+                self.supervisor.tick()
+
+    def _watchdog(self) -> None:
+        """SIGKILL a child that wrote no telemetry for hang_seconds while the run is not paused.
+
+        Before its first telemetry row (imports, data scan, resume) output to the trainer
+        log counts as life and the limit is at least the start-up grace; after its loop
+        has ended (journal state ``child_status``) it has ``stop_grace_seconds`` to exit.
+        """
+        if self._stop.is_set():
+            return
+        with self._run_lock:
+            run = self._run
+            if run is None or run.hung or run.proc.poll() is not None:
+                return
+            now = time.monotonic()
+            if self._catch_up(run):
+                run.last_activity = now
+            elif not run.rows_seen:
+                size = _file_size(self.log_path)
+                if size != run.log_size:
+                    run.log_size, run.last_activity = size, now
+            limit = self.proc_cfg.hang_seconds
+            if not run.rows_seen:
+                limit = max(limit, self.startup_grace)
+            silent = now - run.last_activity
+            if silent <= limit:
+                return
+            assert self.journal is not None
+            if self.journal.get_state("paused") is True:
+                run.last_activity = now  # a paused trainer writes nothing, rightly
+                return
+            status = self.journal.get_state(CHILD_STATUS_KEY)
+            if isinstance(status, dict) and status.get("pid") == run.proc.pid and status.get("status") == "stopping":
+                if run.stopping_since is None:
+                    run.stopping_since = now
+                if now - run.stopping_since <= self.proc_cfg.stop_grace_seconds:
+                    return
+                why = (f"its loop ended ({status.get('reason')}) but it did not exit within "
+                       f"{self.proc_cfg.stop_grace_seconds:g} s")
+            else:
+                why = f"no telemetry for {silent:.0f} s (limit {limit:g} s) after step {run.max_step}"
+            run.hung = True
+        self._event("hung", f"pid {run.proc.pid}: {why}; killed with SIGKILL", step=run.max_step)
+        try:
+            run.proc.kill()
+        except ProcessLookupError:
+            pass
+
+    def _digest(self) -> None:
+        assert self.journal is not None
+        text = digest_text(self.journal.status_summary(), self.run_dir.name)
+        period = max(self.cfg.digest_minutes * 60, 1)
+        self.journal.outbox_put("digest", text, dedupe_key=f"digest:{int(time.time() // period)}")
+
+    def _wal_checkpoint(self) -> None:
+        assert self.journal is not None
+        self.journal.checkpoint_wal("PASSIVE")
+
+
+def run_daemon(config: RunConfig, *, log: Any = None, supervisor_factory: SupervisorFactory | None = None,
+               echo_child: bool | None = True, echo_stream: IO[str] | None = None,
+               child_command: Sequence[str] | None = None,
+               startup_grace_seconds: float = STARTUP_GRACE_SECONDS) -> int:
+    """Run a supervised training until it finishes (0), is stopped (0), or the daemon gives up (1).
+
+    ``log``: a structlog logger (default ``agent.logs.get_logger()``).
+    ``supervisor_factory(journal, cfg, warmup_steps=N)``: default the real
+    ``agent.supervisor.Supervisor``. ``echo_child``: copy the trainer's output to
+    ``echo_stream`` (default stdout); None: only when that is a terminal.
+    ``child_command``: replaces ``python -m agent.child --config ...`` (tests).
+    Returns 2 when the child reports a user error (config, data), which is not retried.
+    Raises UserError for an invalid ``supervisor`` section or a run already supervised.
+    """
+    return Daemon(config, log=log, supervisor_factory=supervisor_factory, echo_child=echo_child,
+                  echo_stream=echo_stream, child_command=child_command,
+                  startup_grace_seconds=startup_grace_seconds).run()
