@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_agent_commands(sub)
     trainer_cli._add_data_commands(sub)
     cli_train.add_commands(sub)
+    # The product's demo is supervised: same data and config, run under the daemon.
+    sub.choices["demo"].set_defaults(func=_cmd_demo_supervised)
+    sub.choices["demo"].description = "Build an espeak-ng dataset and train tiny-cpu on it under the supervisor."
     return parser
 
 
@@ -129,6 +132,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from agent.daemon import run_daemon
 
     return int(run_daemon(config, log=_daemon_logger(config)) or 0)
+
+
+def _cmd_demo_supervised(args: argparse.Namespace) -> int:
+    config = cli_train.demo_config(args)
+    from agent.daemon import run_daemon
+
+    code = int(run_daemon(config, log=_daemon_logger(config)) or 0)
+    if code == 0:
+        cli_train.demo_sample(config)
+        print(f"supervisor: smart-tuner status --run-dir {config.run_dir}  |  smart-tuner history --run-dir "
+              f"{config.run_dir}")
+    return code
 
 
 # -- opening a run's journal -------------------------------------------------------------------

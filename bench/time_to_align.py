@@ -7,6 +7,7 @@ also requires them, here for one evaluation. Minutes are wall time from the firs
 training step's timestamp.
 
     python bench/time_to_align.py --run-dir runs/align-vanilla --config tiny-cpu --minutes 60   # train, then report
+    python bench/time_to_align.py --run-dir runs/align-supervised --supervised --minutes 60    # the same, supervised
     python bench/time_to_align.py --run-dir /work/runs/baseline-vanilla --report-only           # report a finished run
 """
 
@@ -55,13 +56,17 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "demo", help="espeak demo dataset folder")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--supervised", action="store_true", help="train under the supervisor (smart-tuner run)")
+    ap.add_argument("--threads", type=int, default=None, help="train.torch_threads")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if not args.report_only:
         if not (args.data / "train.txt").exists():
             subprocess.run([sys.executable, "-m", "trainer.cli", "data", "espeak", "--out", str(args.data),
                             "--n", "240", "--max-chars", "60", "--min-chars", "15"], check=True, cwd=ROOT)
-        subprocess.run([sys.executable, "-m", "trainer.cli", "train", "--config", args.config,
+        command = ["agent.cli", "run"] if args.supervised else ["trainer.cli", "train"]
+        threads = ["--set", f"train.torch_threads={args.threads}"] if args.threads else []
+        subprocess.run([sys.executable, "-m", *command, "--config", args.config, *threads,
                         "--set", f"run_dir={args.run_dir}", "--set", f"train.max_minutes={args.minutes}",
                         "--set", "train.max_steps=1000000",
                         "--set", f"data.training_files={args.data / 'train.txt'}",

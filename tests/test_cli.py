@@ -142,13 +142,14 @@ def test_sigterm_checkpoints_and_exits_zero(espeak_dataset, tmp_path):
     assert len(saved) == 1 and int(saved[0].stem.split("_")[1]) >= 3
 
 
-def test_demo_builds_data_trains_and_speaks(tmp_path):
-    """README's first command, shrunk: dataset, training, sample, resumable."""
+def test_demo_builds_data_trains_supervised_and_speaks(tmp_path):
+    """README's first command, shrunk: dataset, supervised training, sample, resumable."""
     out = tmp_path / "demo"
-    args = [sys.executable, "-m", "trainer.cli", "demo", "--out", str(out), "--n", "10", "--steps", "2"]
+    args = [sys.executable, "-m", "agent.cli", "demo", "--out", str(out), "--n", "10", "--steps", "2"]
     done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (out / "data" / "train.txt").is_file() and (out / "sample.wav").is_file()
     assert (out / "sample.png").is_file() and (out / "mlflow.db").is_file()
+    assert (out / "journal.sqlite").is_file() and "daemon ready" in done.stdout + done.stderr
     again = subprocess.run(args[:-1] + ["4"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 0 and "resumed from" in again.stdout and "at step 2" in again.stdout

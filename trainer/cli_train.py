@@ -45,7 +45,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sy.add_argument("--griffin-lim-iters", type=int, default=60)
     sy.set_defaults(func=_cmd_synth)
 
-    de = sub.add_parser("demo", help="build an espeak-ng dataset and train tiny-cpu on it")
+    de = sub.add_parser("demo", help="build an espeak-ng dataset and train tiny-cpu on it (again: resumes)")
     de.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
     de.add_argument("--n", type=int, default=240, help="utterances to synthesise (default 240)")
     de.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
@@ -110,23 +110,34 @@ def _config_of(checkpoint: Path):
     return RunConfig.model_validate(ours["config"]) if ours else RunConfig()
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def demo_config(args: argparse.Namespace):
+    """Build the demo dataset if needed; the tiny-cpu config pointed at it."""
     from trainer.config import load_config
     from trainer.data.espeak import build_espeak_dataset
-    from trainer.inference import synthesize_to_files
 
     data_dir = args.out / "data"
     if not (data_dir / "train.txt").exists():
         print(build_espeak_dataset(out_dir=data_dir, n=args.n, voice="en-us", sentences_file=None, max_chars=60,
                                    min_chars=15, val_fraction=0.1, seed=1234, rate=None, jobs=None))
-    config = load_config(args.config, {
+    return load_config(args.config, {
         "run_dir": str(args.out), "data.training_files": str(data_dir / "train.txt"),
         "data.validation_files": str(data_dir / "val.txt"), "train.max_steps": args.steps,
     })
-    run_training(config, resume=True)
+
+
+def demo_sample(config) -> None:
+    """Speak a probe sentence with the demo's best checkpoint."""
+    from trainer.inference import synthesize_to_files
+
     best = config.run_dir / "checkpoints" / "best.pt"
     ckpt = best if best.exists() else sorted((config.run_dir / "checkpoints").glob("checkpoint_*.pt"))[-1]
     wav, plot, result = synthesize_to_files(ckpt, config.eval.probe_sentences[0], config.run_dir / "sample.wav")
     print(f"demo sample: {wav} and {plot} ({'stopped' if result.stopped else 'gate never fired'})")
     print(f"MLflow: mlflow ui --backend-store-uri sqlite:///{(config.run_dir / 'mlflow.db').resolve()}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    config = demo_config(args)
+    run_training(config, resume=True)
+    demo_sample(config)
     return 0
