@@ -58,6 +58,7 @@ def main() -> int:
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--supervised", action="store_true", help="train under the supervisor (smart-tuner run)")
     ap.add_argument("--threads", type=int, default=None, help="train.torch_threads")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if not args.report_only:
@@ -66,6 +67,7 @@ def main() -> int:
                             "--n", "240", "--max-chars", "60", "--min-chars", "15"], check=True, cwd=ROOT)
         command = ["agent.cli", "run"] if args.supervised else ["trainer.cli", "train"]
         threads = ["--set", f"train.torch_threads={args.threads}"] if args.threads else []
+        threads += [x for kv in args.set for x in ("--set", kv)]
         subprocess.run([sys.executable, "-m", *command, "--config", args.config, *threads,
                         "--set", f"run_dir={args.run_dir}", "--set", f"train.max_minutes={args.minutes}",
                         "--set", "train.max_steps=1000000",
