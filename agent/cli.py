@@ -416,13 +416,13 @@ def _cmd_decide(args: argparse.Namespace) -> int:
         won = journal.decide(args.id, args.decision, by=by)
         after = journal.get_proposal(args.id)
         commands = journal.commands(proposal_id=args.id)[::-1] if won else []
-    verb = "approve" if args.decision == "approved" else "reject"
+    verb = "approved" if args.decision == "approved" else "rejected"
     if not won:
         status = after.status
         if status in ("applied", "failed"):  # approved earlier, and carried out since
             status = f"approved (since {after.status})"
         print(f"proposal {args.id} was already {status} by {after.decided_by or 'unknown'}"
-              f" at {_clock(after.decided_at)}; not {verb}d again", file=sys.stderr)
+              f" at {_clock(after.decided_at)}; not {verb} again", file=sys.stderr)
         return 1
     print(f"{args.decision} proposal #{args.id} {proposal.policy}/{proposal.kind}: {proposal.reason} (by {by})")
     if commands:

@@ -6,11 +6,12 @@ validates it here, so a typo is reported with the same file/line precision.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from policies.config import PolicyConfig
+from policies.types import KINDS
 
 Mode = Literal["auto", "ask", "notify"]
 
@@ -36,7 +37,18 @@ def _default_modes() -> dict[str, Mode]:
 
 
 class ApprovalConfig(_Section):
+    # Only the kinds given change; the others keep their defaults.
     modes: dict[str, Mode] = Field(default_factory=_default_modes)
+
+    @field_validator("modes", mode="before")
+    @classmethod
+    def _merge_with_defaults(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        unknown = sorted(set(value) - set(KINDS))
+        if unknown:
+            raise ValueError(f"unknown intervention kind(s) {unknown}; known: {', '.join(KINDS)}")
+        return {**_default_modes(), **value}
     # An "ask" proposal nobody answers within this time gets ``on_timeout``.
     timeout_seconds: float = Field(3600.0, gt=0)
     on_timeout: Literal["reject", "approve"] = "reject"

@@ -689,7 +689,7 @@ class Daemon:
             if silent <= limit:
                 return
             assert self.journal is not None
-            if self.journal.get_state("paused") is True:
+            if self.journal.is_paused():
                 run.last_activity = now  # a paused trainer writes nothing, rightly
                 return
             status = self.journal.get_state(CHILD_STATUS_KEY)

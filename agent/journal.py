@@ -807,6 +807,15 @@ class Journal:
             rows = self._con.execute("SELECT * FROM commands WHERE status = 'pending' ORDER BY rowid").fetchall()
         return [_command(r) for r in rows]
 
+    def is_paused(self) -> bool:
+        """Is the trainer paused? Derived from the commands themselves (whoever sent them:
+        CLI, bot or a policy): the newest successfully applied pause or resume wins."""
+        with self._lock:
+            row = self._con.execute(
+                "SELECT kind FROM commands WHERE kind IN ('pause', 'resume') AND acked_at IS NOT NULL AND ok = 1 "
+                "AND (duplicate IS NULL OR duplicate = 0) ORDER BY acked_at DESC, rowid DESC LIMIT 1").fetchone()
+        return row is not None and row[0] == "pause"
+
     def unacknowledged_commands(self) -> list[CommandRow]:
         """Commands pending or delivered but not acknowledged, in the order enqueued."""
         with self._lock:

@@ -91,6 +91,7 @@ class Supervisor:
     def tick(self) -> None:
         window = self._read_window()
         self._window = window
+        self._note_rollbacks(window)
         self._advance_phase(window)
         self._expire()
         self._finish_non_command_proposals(window)
@@ -121,10 +122,19 @@ class Supervisor:
         self._log("phase", source=event.transition.source, dest=self.state, reason=reason, step=step)
         self._notify("phase", f"phase {event.transition.source} -> {self.state}: {reason}")
 
+    def _since_phase_began(self, w: Window) -> Window:
+        """The part of the window recorded in the current phase: transitions judge fresh
+        evidence only (a NaN the trainer skipped stays in the window for a long time)."""
+        since = self._phase_started_at()
+        return Window(steps=tuple(s for s in w.steps if s.wall_time >= since),
+                      evals=tuple(e for e in w.evals if e.wall_time >= since),
+                      checkpoints=w.checkpoints, data_hints=w.data_hints)
+
     def _advance_phase(self, w: Window) -> None:
         step = w.step or 0
         evals = list(w.evals)
-        if self.state != "diverging" and self.state in _ACTIVE and is_diverging(w, self.policy_cfg):
+        fresh = self._since_phase_began(w)
+        if self.state != "diverging" and self.state in _ACTIVE and is_diverging(fresh, self.policy_cfg):
             if self.state == "recovering":
                 self._count_failure("diverged again during probation")
             self.diverge(reason="divergence: non-finite values, a loss spike or runaway validation loss", step=step)
@@ -146,6 +156,10 @@ class Supervisor:
                 self.start_tuning(reason="tuning approved", step=step)
         elif self.state == "diverging" and self._applied_since_phase(_RECOVERY_KINDS):
             self.recovery_applied(reason="recovery applied; on probation", step=step)
+        elif self.state == "diverging" and self._probation_passed(w):
+            # Nothing was applied (no checkpoint to roll back to, or a human declined),
+            # yet the run is healthy again: probation decides the rest.
+            self.recovery_applied(reason="healthy again without an intervention; on probation", step=step)
         elif self.state == "recovering" and self._probation_passed(w):
             self.failures = 0
             self.recovered(reason="healthy through probation", step=step)
@@ -170,9 +184,8 @@ class Supervisor:
         return any(r.kind == kind for r in self.journal.proposals("approved", 20))
 
     def _probation_passed(self, w: Window) -> bool:
-        since = self._phase_started_at()
-        recent = [s for s in w.steps if s.wall_time >= since]
-        return len(recent) >= self.cfg.probation.steps and is_healthy(w, self.policy_cfg)
+        fresh = self._since_phase_began(w)
+        return len(fresh.steps) >= self.cfg.probation.steps and is_healthy(fresh, self.policy_cfg)
 
     # -- proposals ------------------------------------------------------------------------
     def _submit(self, p: Proposal) -> None:
@@ -187,9 +200,6 @@ class Supervisor:
             mode=mode, step=p.step, expires_at=now + self.cfg.approvals.timeout_seconds if mode == "ask" else None,
             approve_by="auto" if mode == "auto" else None)
         self.memory = self.memory.record(p)
-        if any(a["kind"] == "rollback" for a in p.actions) and mode == "auto":
-            target = next(a for a in p.actions if a["kind"] == "rollback").get("step")
-            self.memory = self.memory.rolled_back(target if target is not None else p.step)
         self._log("proposal", id=row.id, policy=p.policy, kind=p.kind, mode=mode, reason=p.reason,
                   evidence=p.evidence)
         if mode == "notify":
@@ -218,6 +228,21 @@ class Supervisor:
         for row in self.journal.proposals("approved", 50):
             if not row.commands() and row.kind not in ("tune",):
                 self.journal.finish_proposal(row.id, "applied", step=w.step, detail="acknowledged by a human")
+
+    def _note_rollbacks(self, w: Window) -> None:
+        """Tell the policy memory about applied rollbacks, once the trainer has stepped
+        after them. Earlier, the window still ends with the pre-rollback steps, and
+        forgetting their evidence then would make the same fault fire twice."""
+        seen = self.journal.get_state("rollbacks_seen", 0)
+        for row in sorted(self.journal.proposals("applied", 20), key=lambda r: r.id):
+            if row.id <= seen or not any(a["kind"] == "rollback" for a in row.actions):
+                continue
+            if not any(s.wall_time > (row.applied_at or 0) for s in w.steps):
+                break
+            target = next(a for a in row.actions if a["kind"] == "rollback").get("step")
+            self.memory = self.memory.rolled_back(target if target is not None else (row.step or 0))
+            seen = row.id
+        self.journal.set_state("rollbacks_seen", seen)
 
     # -- probation ------------------------------------------------------------------------
     def _judge_probation(self, w: Window) -> None:

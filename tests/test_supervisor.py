@@ -12,18 +12,19 @@ from agent.journal import Journal
 from agent.supervisor import TRANSITIONS, Supervisor, state_diagram
 from trainer.control import CheckpointRecord, CommandResult, EvalRecord, StepTelemetry
 
-T0 = time.time() - 10_000
+# Records carry the real time of their creation, as a live trainer's do: the
+# supervisor compares them with its own phase and decision times.
 
 
 def step(n: int, loss: float = 1.0, finite: bool = True, t: float | None = None) -> StepTelemetry:
-    return StepTelemetry(step=n, epoch=0, wall_time=T0 + n if t is None else t, lr=1e-3, loss=loss, mel_loss=loss / 2,
+    return StepTelemetry(step=n, epoch=0, wall_time=time.time() if t is None else t, lr=1e-3, loss=loss, mel_loss=loss / 2,
                          mel_postnet_loss=loss / 2, gate_loss=0.1, guided_attention_loss=0.0,
                          grad_norm=1.0 if finite else float("nan"), grad_clip=1.0, guided_attention_weight=0.0,
                          gate_pos_weight=5.0, step_seconds=1.0, skipped_steps=0, finite=finite)
 
 
 def evaluation(n: int, diagonality: float, focus: float, val_loss: float = 1.0) -> EvalRecord:
-    return EvalRecord(step=n, wall_time=T0 + n + 0.5, val_loss=val_loss, val_mel_loss=val_loss / 2,
+    return EvalRecord(step=n, wall_time=time.time(), val_loss=val_loss, val_mel_loss=val_loss / 2,
                       val_mel_postnet_loss=val_loss / 2, val_gate_loss=0.1, val_guided_attention_loss=0.0,
                       diagonality=diagonality, focus=focus, aligned_fraction=0.0, gate_accuracy=0.9,
                       probe_stop_rate=1.0)
@@ -84,7 +85,7 @@ def test_phases_follow_telemetry_and_survive_a_restart(journal):
 def _checkpoint(journal, tmp_path, n: int) -> None:
     path = tmp_path / f"checkpoint_{n:08d}.pt"
     path.write_bytes(b"x")
-    journal.add_checkpoint(CheckpointRecord(step=n, path=str(path), wall_time=T0 + n + 0.6, reason="periodic"))
+    journal.add_checkpoint(CheckpointRecord(step=n, path=str(path), wall_time=time.time(), reason="periodic"))
 
 
 def _ack_all(journal, step_no: int) -> None:
@@ -111,8 +112,7 @@ def test_nan_rolls_back_automatically_then_recovers(journal, tmp_path):
     assert journal.get_proposal(proposal.id).status == "applied"
     sup.tick()
     assert sup.phase == "recovering"
-    now = time.time()
-    journal.add_steps([step(20 + i, t=now + i) for i in range(1, 8)])
+    journal.add_steps([step(20 + i) for i in range(1, 8)])
     sup.tick()
     assert sup.phase == "aligning"  # never aligned before: back to aligning
     assert journal.get_proposal(proposal.id).outcome == "improved"
@@ -145,14 +145,62 @@ def test_repeated_failed_recoveries_pause_and_call_a_human(journal, tmp_path):
     journal.add_steps([step(i) for i in range(1, 30)])
     _checkpoint(journal, tmp_path, 20)
     for round_no in range(2):
-        base = time.time() + round_no * 100
-        journal.add_steps([step(30, float("nan"), finite=False, t=base)])
+        journal.add_steps([step(30, float("nan"), finite=False)])
         sup.tick()
         _ack_all(journal, 20)
         sup.tick()
         # Probation: still broken.
-        journal.add_steps([step(20 + i, float("nan"), finite=False, t=base + i) for i in range(1, 7)])
+        journal.add_steps([step(20 + i, float("nan"), finite=False) for i in range(1, 7)])
         sup.tick()
     kinds = [c.kind for c in journal.commands()]
     assert "pause" in kinds
     assert any(m.kind == "human_needed" for m in journal.outbox_pending())
+
+
+def test_one_nan_gives_one_rollback_even_when_a_tick_lands_before_the_next_step(journal, tmp_path):
+    sup = Supervisor(journal, cfg(), warmup_steps=0)
+    journal.add_steps([step(i) for i in range(1, 30)])
+    _checkpoint(journal, tmp_path, 20)
+    journal.add_steps([step(30, float("nan"), finite=False)])
+    sup.tick()
+    _ack_all(journal, 20)
+    sup.tick()  # acknowledged, but no step since: the old NaN is not new evidence
+    sup.tick()
+    assert len([p for p in journal.proposals() if p.kind == "rollback"]) == 1
+    journal.add_steps([step(21)])
+    sup.tick()
+    assert len([p for p in journal.proposals() if p.kind == "rollback"]) == 1
+    assert sup.memory.last("non_finite") == 20
+
+
+def test_diverging_is_left_when_healthy_again_without_an_intervention(journal):
+    sup = Supervisor(journal, cfg(), warmup_steps=0)
+    journal.add_steps([step(i) for i in range(1, 10)])
+    journal.add_steps([step(10, float("nan"), finite=False)])  # no checkpoint: nothing to roll back to
+    sup.tick()
+    assert sup.phase == "diverging"
+    assert all(p.kind != "rollback" for p in journal.proposals())
+    journal.add_steps([step(10 + i) for i in range(1, 8)])
+    sup.tick()
+    sup.tick()
+    assert sup.phase in ("recovering", "aligning")
+    journal.add_steps([step(20 + i) for i in range(1, 8)])
+    sup.tick()
+    assert sup.phase == "aligning"
+
+
+def test_partial_approval_modes_keep_the_other_defaults():
+    c = SupervisorConfig.model_validate({"approvals": {"modes": {"rollback": "ask"}}})
+    assert c.approvals.mode_for("rollback") == "ask" and c.approvals.mode_for("set_lr") == "auto"
+    with pytest.raises(ValueError, match="unknown intervention kind"):
+        SupervisorConfig.model_validate({"approvals": {"modes": {"rollbak": "ask"}}})
+
+
+def test_paused_is_derived_from_applied_commands(journal):
+    from trainer.control import Pause, Resume
+
+    assert not journal.is_paused()
+    for command, expected in ((Pause(), True), (Resume(), False), (Pause(), True)):
+        journal.enqueue_command(command, source="supervisor")
+        _ack_all(journal, 5)
+        assert journal.is_paused() is expected
