@@ -470,8 +470,13 @@ def test_silent_child_is_killed_as_hung_unless_its_loop_has_ended(tmp_path):
 def test_paused_run_is_not_a_hang(tmp_path):
     sups: list = []
     run = tmp_path / "run"
-    with Journal(journal_path(run)) as j:
-        j.set_state("paused", True)
+    with Journal(journal_path(run)) as j:  # the trainer applied a pause (from anyone)
+        from trainer.control import CommandResult, Pause
+
+        pause = Pause()
+        j.enqueue_command(pause, source="cli")
+        j.acknowledge(CommandResult(command_id=pause.id, kind="pause", ok=True, detail="paused", step=3))
+        assert j.is_paused()
     rc = run_daemon(_quick_config(tmp_path, hang_seconds=0.6, max_restarts=0), log=RecordingLog(),
                     supervisor_factory=_factory(sups), echo_child=False, startup_grace_seconds=0,
                     child_command=[sys.executable, "-c", "import time; time.sleep(2.5)"])
