@@ -280,7 +280,7 @@ def status_data(journal: "Journal", run: _Run, now: float | None = None) -> dict
         "run_dir": str(run.run_dir),
         "phase": s.phase,
         "phase_since": s.phase_since,
-        "paused": bool(journal.get_state("paused", False)),
+        "paused": journal.is_paused(),
         "step": step.step if step else None,
         "epoch": step.epoch if step else None,
         "max_steps": max_steps,
@@ -444,17 +444,18 @@ def _cmd_control(args: argparse.Namespace) -> int:
     user = _user()
     command = {"pause": Pause, "resume": Resume, "stop": Stop}[args.control]()
     with run.open() as journal:
-        was_paused = bool(journal.get_state("paused", False))
+        was_paused = journal.is_paused()
         journal.enqueue_command(command, source="cli")
         journal.audit(f"cli:{user}", args.control, f"command {command.id}")
         if args.control in ("pause", "resume"):
-            # The daemon's hang watchdog reads this: a paused trainer emits no telemetry.
+            # The user's intent; whether the trainer *is* paused is derived from the
+            # applied commands (Journal.is_paused), which status and the watchdog read.
             journal.set_state("paused", args.control == "pause")
     note = ""
     if args.control == "pause" and was_paused:
         note = " (the run was already paused)"
     elif args.control == "resume" and not was_paused:
-        note = " (the run was not marked paused)"
+        note = " (the run was not paused)"
     print(f"queued {args.control} [{command.id}] for the trainer in {run.run_dir}; "
           f"it applies at the next step boundary{note}")
     return 0

@@ -301,7 +301,6 @@ class Supervisor:
         self._log("recovery_failed", failures=self.failures, why=why)
         if self.failures >= self.cfg.probation.max_failures:
             self.journal.enqueue_command(Pause(), source="supervisor")
-            self.journal.set_state("paused", True)
             self._notify("human_needed", f"{self.failures} recoveries failed in a row ({why}); the run is paused. "
                                          "Inspect it, then 'smart-tuner resume'.", urgent=True)
             self.failures = 0

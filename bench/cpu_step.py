@@ -46,6 +46,8 @@ from pathlib import Path
 # Run from a checkout without installing the package: the repository root goes on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tables import print_rows  # noqa: E402  (bench/tables.py; scripts run from bench/)
+
 # The NVIDIA/tacotron2 reference: measured with their own code, on 2 cores, on espeak
 # clips of ~4.4 s. These are the numbers, not measured by this script.
 NVIDIA_REFERENCE = {
@@ -281,27 +283,19 @@ def print_table(results: list[dict], comparisons: list[dict], data: dict) -> Non
              _fmt(r["nvidia_s_per_step"], ".1f"), _fmt(r["nvidia_peak_rss_gb"], ".2f"),
              _fmt(r["time_ratio_vs_nvidia"], ".2f"), _fmt(r["memory_ratio_vs_nvidia"], ".2f"),
              _fmt(r["padding_ratio"], ".2f"), str(r["train_clips"]), str(r["steps"])] for r in results]
-    _print_rows(header, rows)
+    print_rows(header, rows)
     if comparisons:
         print("\nMeasured in this run: bucketed (ours) / random batches (nvidia-like), same model, data and seed")
         header = ["setting", "time ratio", "time per real frame", "memory ratio", "padded frames ratio"]
         rows = [[c["setting"], f"{c['time_ratio']:.2f}", f"{c['time_per_real_frame_ratio']:.2f}",
                  f"{c['memory_ratio']:.2f}", f"{c['padded_frames_ratio']:.2f}"] for c in comparisons]
-        _print_rows(header, rows)
+        print_rows(header, rows)
     few = [f"{r['setting']}/{r['data']}" for r in results if r["steps"] < 5]
     if few:
         print(f"\nNOTE: fewer than 5 timed steps for {', '.join(few)}: these figures are a smoke test, not a "
               "measurement.")
     print("NOTE: bucketed batches differ in length from batch to batch, so with few timed steps their mean "
           "s/step depends on which buckets were drawn; 'time per real frame' corrects for that.")
-
-
-def _print_rows(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(row, widths)))
 
 
 def machine_info() -> dict:

@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tables import print_rows  # noqa: E402  (bench/tables.py; scripts run from bench/)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -524,11 +526,7 @@ def print_table(rows: list[dict], args: argparse.Namespace, clean_v: float | Non
             _fmt(s.get("ratio_vs_clean_supervised"), ".3f"),
             r.get("interventions", "-"), f"{_fmt(v.get('wall_minutes'), '.1f')}/{_fmt(s.get('wall_minutes'), '.1f')}",
         ])
-    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("-+-".join("-" * w for w in widths))
-    for row in table:
-        print(" | ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print_rows(header, table)
     faulted = [r for r in rows if r["fault"] != "clean" and "supervised" in r]
     if faulted:
         missed = [r["fault"] for r in faulted if not r["supervised_meets_target"]]

@@ -33,6 +33,8 @@ from pathlib import Path
 # Run from a checkout without installing the package: the repository root goes on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tables import print_rows  # noqa: E402  (bench/tables.py; scripts run from bench/)
+
 RESULT_PREFIX = "BENCH_RESULT "
 MODES = ("fp32", "bf16", "fp16")
 AMP_OF = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}
@@ -268,11 +270,7 @@ def print_table(results: list[dict], args: argparse.Namespace) -> None:
             f"{r['memory_ratio_vs_fp32']:.2f}" if r["memory_ratio_vs_fp32"] is not None else "-",
             str(r["skipped_steps_timed"]),
         ])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print_rows(header, rows)
     print("s/step: mean over the timed steps, synchronised; max alloc: torch.cuda.max_memory_allocated() over "
           "warm-up and timed steps (weights, gradients, Adam state, activations); skipped: non-finite steps "
           "(fp16 loss-scale probing) in the timed window.")

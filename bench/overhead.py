@@ -46,6 +46,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+from tables import print_rows  # noqa: E402  (bench/tables.py; scripts run from bench/)
+
 import faults as fb  # noqa: E402  (bench/faults.py: the vanilla runner and the launch helpers)
 
 STEP_TARGET = 1.02
@@ -199,7 +201,7 @@ def print_report(args: argparse.Namespace, runs: list[dict], v: dict, s: dict, r
         ["interval median", v["interval_median"], s["interval_median"], ratios["interval_median"]],
     ]
     table = [[r[0], fb._fmt(r[1], ".4f"), fb._fmt(r[2], ".4f"), fb._fmt(r[3], ".3f")] for r in rows]
-    _print_rows(header, table)
+    print_rows(header, table)
     print("\nper run: " + ", ".join(f"{r['mode'][0]}{r['index']} {fb._fmt(r['interval_mean'], '.4f')}"
                                     for r in runs) + " (interval mean, s; in the order run)")
     ok = [r for r in ready if r["ready"]]
@@ -210,7 +212,7 @@ def print_report(args: argparse.Namespace, runs: list[dict], v: dict, s: dict, r
         header = ["launch", "launch -> 'daemon ready' s", "line: seconds", "line: since_process_start"]
         table = [[str(r["index"]), fb._fmt(r.get("launch_to_line_seconds"), ".3f"), fb._fmt(r.get("seconds"), ".3f"),
                   fb._fmt(r.get("since_process_start"), ".3f")] for r in ready]
-        _print_rows(header, table)
+        print_rows(header, table)
         worst = max((r["launch_to_line_seconds"] for r in ok), default=None)
         verdict.update(ready_worst_seconds=worst, ready_target_seconds=READY_TARGET_S,
                        ready_target_met=len(ok) == len(ready) and worst is not None and worst < READY_TARGET_S)
@@ -223,14 +225,6 @@ def print_report(args: argparse.Namespace, runs: list[dict], v: dict, s: dict, r
     if args.quick:
         print("NOTE: --quick times a micro model for a few steps: it checks the script, not the figures.")
     return {"ratios": ratios, **verdict}
-
-
-def _print_rows(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(row, widths)))
 
 
 def main(argv: list[str] | None = None) -> int:
