@@ -56,7 +56,7 @@ from trainer.control import (
     CheckpointRecord, Command, CommandResult, EvalRecord, StepTelemetry, parse_command,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 ProposalStatus = Literal["proposed", "approved", "rejected", "expired", "applied", "failed"]
 Decision = Literal["approved", "rejected", "expired"]
@@ -195,6 +195,29 @@ class CheckpointEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class TrialRow:
+    id: int
+    round: int  # the id of the "tune" proposal whose round ran it
+    study: str
+    number: int  # Optuna's trial number in that study
+    base_step: int | None
+    params: dict[str, float]
+    baseline: bool  # the trial with the run's hyperparameters unchanged
+    status: str  # running | complete | pruned | failed
+    started_at: float
+    finished_at: float | None
+    pid: int | None
+    folder: str | None
+    steps: int | None  # steps trained
+    objective: float | None
+    metrics: dict[str, Any] | None  # the objective's parts and the last evaluation
+    checkpoint: str | None
+    detail: str
+    mlflow_run_id: str | None
+    winner: bool
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxMessage:
     id: int
     created_at: float
@@ -291,7 +314,19 @@ _V1 = [
 
 # MIGRATIONS[v] takes a journal from schema version v - 1 to v (v = 1: from empty).
 # Add a new version by appending statements under SCHEMA_VERSION + 1; never edit old ones.
-MIGRATIONS: dict[int, list[str]] = {1: _V1}
+# Version 2: tuning trials (agent/tuner). One row per trial of an in-run round; the
+# round is the id of the "tune" proposal that started it.
+_V2 = [
+    """CREATE TABLE trials (
+        id INTEGER PRIMARY KEY, round INTEGER NOT NULL, study TEXT NOT NULL, number INTEGER NOT NULL,
+        base_step INTEGER, params TEXT NOT NULL, baseline INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL CHECK (status IN ('running', 'complete', 'pruned', 'failed')),
+        started_at REAL NOT NULL, finished_at REAL, pid INTEGER, folder TEXT, steps INTEGER,
+        objective REAL, metrics TEXT, checkpoint TEXT, detail TEXT NOT NULL DEFAULT '',
+        mlflow_run_id TEXT, winner INTEGER NOT NULL DEFAULT 0, UNIQUE (study, number))""",
+    "CREATE INDEX trials_round ON trials(round)",
+]
+MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2}
 
 _STEP_COLUMNS = ("step", "wall_time", "epoch", "lr", "loss", "mel_loss", "mel_postnet_loss", "gate_loss",
                  "guided_attention_loss", "grad_norm", "grad_clip", "guided_attention_weight", "gate_pos_weight",
@@ -351,6 +386,15 @@ def _checkpoint(r: sqlite3.Row) -> CheckpointEntry:
     return CheckpointEntry(id=r["id"], step=r["step"], path=r["path"], wall_time=r["wall_time"], reason=r["reason"],
                            val_loss=r["val_loss"], diagonality=r["diagonality"], finite=bool(r["finite"]),
                            health=r["health"], health_detail=r["health_detail"])
+
+
+def _trial(r: sqlite3.Row) -> TrialRow:
+    return TrialRow(id=r["id"], round=r["round"], study=r["study"], number=r["number"], base_step=r["base_step"],
+                    params=loads(r["params"]), baseline=bool(r["baseline"]), status=r["status"],
+                    started_at=r["started_at"], finished_at=r["finished_at"], pid=r["pid"], folder=r["folder"],
+                    steps=r["steps"], objective=r["objective"], metrics=loads(r["metrics"]),
+                    checkpoint=r["checkpoint"], detail=r["detail"], mlflow_run_id=r["mlflow_run_id"],
+                    winner=bool(r["winner"]))
 
 
 def _outbox(r: sqlite3.Row) -> OutboxMessage:
@@ -883,6 +927,73 @@ class Journal:
                        "WHERE id = ? AND status = 'approved'",
                        (status, now, step, detail, proposal_id)).rowcount:
             self._audit(con, now, "trainer", status, f"#{proposal_id} at step {step}: {detail}")
+
+    # -- tuning trials ----------------------------------------------------------------------
+    def add_trial(self, *, round: int, study: str, number: int, params: Mapping[str, float], baseline: bool = False,
+                  base_step: int | None = None, folder: str | None = None) -> TrialRow:
+        """A trial has started (status running)."""
+        now = time.time()
+        with self._write() as con:
+            tid = con.execute(
+                "INSERT INTO trials (round, study, number, base_step, params, baseline, status, started_at, folder) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+                (round, study, number, base_step, dumps(dict(params)), int(baseline), now, folder)).lastrowid
+            self._audit(con, now, "tuner", "trial", f"round #{round} trial {number} started"
+                        + (" (baseline)" if baseline else ""))
+            return _trial(con.execute("SELECT * FROM trials WHERE id = ?", (tid,)).fetchone())
+
+    def update_trial(self, trial_id: int, *, pid: int | None = None, steps: int | None = None,
+                     objective: float | None = None, mlflow_run_id: str | None = None) -> None:
+        """Progress of a running trial (its process id, steps so far, latest objective)."""
+        sets, args = [], []
+        for column, value in (("pid", pid), ("steps", steps), ("objective", _num(objective)),
+                              ("mlflow_run_id", mlflow_run_id)):
+            if value is not None:
+                sets.append(f"{column} = ?")
+                args.append(value)
+        if sets:
+            with self._write(durable=False) as con:
+                con.execute(f"UPDATE trials SET {', '.join(sets)} WHERE id = ?", (*args, trial_id))
+
+    def finish_trial(self, trial_id: int, status: Literal["complete", "pruned", "failed"], *, detail: str = "",
+                     steps: int | None = None, objective: float | None = None,
+                     metrics: Mapping[str, Any] | None = None, checkpoint: str | None = None) -> bool:
+        """running -> complete | pruned | failed (compare-and-set: a trial finishes once)."""
+        now = time.time()
+        with self._write() as con:
+            won = con.execute(
+                "UPDATE trials SET status = ?, finished_at = ?, detail = ?, steps = COALESCE(?, steps), "
+                "objective = COALESCE(?, objective), metrics = COALESCE(?, metrics), checkpoint = ? "
+                "WHERE id = ? AND status = 'running'",
+                (status, now, detail, steps, _num(objective), dumps(dict(metrics)) if metrics is not None else None,
+                 checkpoint, trial_id)).rowcount == 1
+            if won:
+                row = con.execute("SELECT round, number FROM trials WHERE id = ?", (trial_id,)).fetchone()
+                self._audit(con, now, "tuner", f"trial_{status}",
+                            f"round #{row[0]} trial {row[1]}" + (f": {detail.splitlines()[0]}" if detail else ""))
+        return won
+
+    def fail_running_trials(self, detail: str, round: int | None = None) -> int:
+        """Trials still marked running (their tuner died with its daemon) become failed."""
+        now = time.time()
+        where, args = ("AND round = ?", (round,)) if round is not None else ("", ())
+        with self._write() as con:
+            n = con.execute(f"UPDATE trials SET status = 'failed', finished_at = ?, detail = ? "
+                            f"WHERE status = 'running' {where}", (now, detail, *args)).rowcount
+            if n:
+                self._audit(con, now, "tuner", "trials_failed", f"{n} running trial(s): {detail}")
+        return n
+
+    def set_trial_winner(self, trial_id: int) -> None:
+        with self._write() as con:
+            con.execute("UPDATE trials SET winner = 1 WHERE id = ?", (trial_id,))
+
+    def trials(self, round: int | None = None) -> list[TrialRow]:
+        """Trials, oldest first (those of one round, if given)."""
+        where, args = ("WHERE round = ?", (round,)) if round is not None else ("", ())
+        with self._lock:
+            rows = self._con.execute(f"SELECT * FROM trials {where} ORDER BY id", args).fetchall()
+        return [_trial(r) for r in rows]
 
     # -- outbox ---------------------------------------------------------------------------
     def outbox_put(self, kind: str, text: str, payload: Mapping[str, Any] | None = None,

@@ -96,11 +96,12 @@ def test_an_older_schema_is_migrated_in_place(path, monkeypatch):
 
     with Journal(path) as j:
         j.set_state("kept", 1)
-    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(journal_module.MIGRATIONS, 2, ["ALTER TABLE proposals ADD COLUMN risk_score REAL"])
+    now = journal_module.SCHEMA_VERSION
+    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", now + 1)
+    monkeypatch.setitem(journal_module.MIGRATIONS, now + 1, ["ALTER TABLE proposals ADD COLUMN risk_score REAL"])
     with Journal(path) as j:
-        assert j.schema_version == 2 and j.get_state("kept") == 1
-        assert j.audit_log()[-1].detail == "schema version 1 -> 2"
+        assert j.schema_version == now + 1 and j.get_state("kept") == 1
+        assert j.audit_log()[-1].detail == f"schema version {now} -> {now + 1}"
     con = sqlite3.connect(path)
     assert "risk_score" in [r[1] for r in con.execute("PRAGMA table_info(proposals)")]
     con.close()
@@ -488,3 +489,23 @@ def test_the_daemon_can_take_wal_checkpoints_off_the_trainer(path):
     port.close()
     assert len(daemon.latest_steps(20000)) == 20000
     daemon.close()
+
+
+def test_a_version_1_journal_gains_the_trials_table(path):
+    """Journals written before tuning existed (schema 1) open and migrate to the trials table."""
+    import agent.journal as journal_module
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path)
+    for statement in journal_module.MIGRATIONS[1]:
+        con.execute(statement)
+    con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    con.commit()
+    con.close()
+    with Journal(path) as j:
+        assert j.schema_version == journal_module.SCHEMA_VERSION
+        t = j.add_trial(round=3, study="s", number=0, params={"learning_rate": 1e-3}, baseline=True, base_step=100)
+        assert j.finish_trial(t.id, "pruned", detail="pruned after 50 steps", steps=50, objective=1.5)
+        assert not j.finish_trial(t.id, "failed")
+        [row] = j.trials(round=3)
+        assert row.status == "pruned" and row.baseline and row.params == {"learning_rate": 1e-3} and row.steps == 50
