@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from trainer.checkpoint import CheckpointError
 from trainer.control import (
-    ApplyHyperparameters, Command, CommandResult, Pause, Resume, Rollback, SaveCheckpoint, SetGatePosWeight,
+    ApplyHyperparameters, Command, CommandResult, ContinueFrom, Pause, Resume, Rollback, SaveCheckpoint, SetGatePosWeight,
     SetGradClip, SetGuidedAttention, SetLearningRate, Stop,
 )
 
@@ -63,6 +63,10 @@ def _rollback(t: "Trainer", c: Rollback) -> str:
 
 def _apply(t: "Trainer", c: ApplyHyperparameters) -> str:
     v = c.values
+    dropouts = {k: v[k] for k in ("p_attention_dropout", "p_decoder_dropout", "prenet_dropout") if k in v}
+    for key, value in dropouts.items():  # checked before anything changes: all or nothing
+        if not 0.0 <= value < 1.0:
+            raise CommandFailed(f"{key} must be in [0, 1), not {value}")
     done = []
     if "learning_rate" in v:
         done.append(_set_lr(t, SetLearningRate(value=v["learning_rate"])))
@@ -78,7 +82,17 @@ def _apply(t: "Trainer", c: ApplyHyperparameters) -> str:
         for group in t.optimizer.param_groups:
             group["weight_decay"] = v["weight_decay"]
         done.append(f"weight decay -> {v['weight_decay']:.3g}")
+    if dropouts:
+        t.set_dropouts(dropouts)
+        done.append("dropouts -> " + ", ".join(f"{k}={x:.3g}" for k, x in dropouts.items()))
     return "; ".join(done)
+
+
+def _continue(t: "Trainer", c: ContinueFrom) -> str:
+    try:
+        return t.continue_from(c.path)
+    except CheckpointError as exc:
+        raise CommandFailed(str(exc)) from None
 
 
 def _pause(t: "Trainer", c: Pause) -> str:
@@ -99,6 +113,7 @@ def _stop(t: "Trainer", c: Stop) -> str:
 _HANDLERS = {
     "set_lr": _set_lr, "set_guided_attention": _set_guided, "set_gate_pos_weight": _set_gate,
     "set_grad_clip": _set_clip, "save_checkpoint": _save, "rollback": _rollback, "apply_hparams": _apply,
+    "continue_from": _continue,
     "pause": _pause, "resume": _resume, "stop": _stop,
 }
 

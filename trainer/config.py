@@ -206,6 +206,9 @@ class RunConfig(_Section):
     # The supervisor's section (agent.config.SupervisorConfig). The trainer does not
     # read it; it is validated by the agent, which owns its schema.
     supervisor: dict[str, Any] = Field(default_factory=dict)
+    # The tuner's section (agent.tuner.config.TunerConfig): objective weights, search
+    # space, pruner, trial budget. Carried untouched like ``supervisor``.
+    tuner: dict[str, Any] = Field(default_factory=dict)
 
 
 class ConfigError(UserError):

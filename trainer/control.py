@@ -133,7 +133,7 @@ class Rollback(_Command):
 
 
 HYPERPARAMETERS = ("learning_rate", "guided_attention_weight", "guided_attention_sigma", "gate_pos_weight",
-                   "grad_clip_thresh", "weight_decay")
+                   "grad_clip_thresh", "weight_decay", "p_attention_dropout", "p_decoder_dropout", "prenet_dropout")
 
 
 class ApplyHyperparameters(_Command):
@@ -146,6 +146,16 @@ class ApplyHyperparameters(_Command):
         if unknown:
             raise ValueError(f"unknown hyperparameters {sorted(unknown)}; known: {list(HYPERPARAMETERS)}")
         return self
+
+
+class ContinueFrom(_Command):
+    """Carry on from another branch's checkpoint (a tuning trial's winner): weights,
+    optimizer, step, schedule, loss weights, clip, dropouts, data position and RNG come
+    from ``path``; the run keeps its applied command ids and callback state, and saves
+    the result as its own checkpoint at once."""
+
+    kind: Literal["continue_from"] = "continue_from"
+    path: str
 
 
 class Pause(_Command):
@@ -162,7 +172,7 @@ class Stop(_Command):
 
 Command = Annotated[
     Union[SetLearningRate, SetGuidedAttention, SetGatePosWeight, SetGradClip, SaveCheckpoint, Rollback,
-          ApplyHyperparameters, Pause, Resume, Stop],
+          ApplyHyperparameters, ContinueFrom, Pause, Resume, Stop],
     Field(discriminator="kind"),
 ]
 command_adapter: TypeAdapter[Command] = TypeAdapter(Command)

@@ -33,6 +33,8 @@ from trainer.schedule import LRSchedule
 from trainer.text import symbols_for
 
 PAUSE_POLL_SECONDS = 0.5
+# Model dropouts that commands may change (apply_hparams) and checkpoints carry.
+DROPOUTS = ("p_attention_dropout", "p_decoder_dropout", "prenet_dropout")
 # Remember this many applied command ids (enough to make redelivery harmless).
 APPLIED_COMMANDS_KEPT = 10_000
 
@@ -294,6 +296,21 @@ class Trainer:
     def set_lr(self, lr: float) -> None:
         self.schedule.set_current(self.step, lr)
 
+    @property
+    def dropouts(self) -> dict[str, float]:
+        """The model's dropout probabilities as they are now (commands may have changed them)."""
+        d = self.model.decoder
+        return {"p_attention_dropout": d.p_attention_dropout, "p_decoder_dropout": d.p_decoder_dropout,
+                "prenet_dropout": d.prenet.dropout}
+
+    def set_dropouts(self, values: dict[str, float]) -> None:
+        d = self.model.decoder
+        for key, value in values.items():
+            if key == "prenet_dropout":
+                d.prenet.dropout = float(value)
+            elif key in DROPOUTS:
+                setattr(d, key, float(value))
+
     def evaluate(self):
         record = self.evaluator.run(self.model, self.loss_weights, self.step, self.device, self.autocast)
         self.last_eval = record.model_dump(exclude={"alignment_image"})
@@ -321,6 +338,7 @@ class Trainer:
                 "schedule": self.schedule.state_dict(),
                 "loss_weights": self.loss_weights.state_dict(),
                 "grad_clip": self.grad_clip,
+                "dropouts": self.dropouts,
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "rng": rng_state(),
                 "data_position": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch},
@@ -344,7 +362,8 @@ class Trainer:
         self._notify("on_checkpoint", self, record)
         return path
 
-    def load_training_state(self, ckpt: dict[str, Any], path: Path, restore_position: bool = True) -> None:
+    def load_training_state(self, ckpt: dict[str, Any], path: Path, restore_position: bool = True,
+                            config_changes: bool = True) -> None:
         self._load_weights(ckpt["state_dict"], path)
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -359,12 +378,15 @@ class Trainer:
         self.schedule.load_state_dict(ours["schedule"])
         self.loss_weights.load_state_dict(ours["loss_weights"])
         self.grad_clip = ours["grad_clip"]
+        if ours.get("dropouts"):  # older checkpoints: the config's dropouts
+            self.set_dropouts(ours["dropouts"])
         if self.scaler and ours.get("scaler"):
             self.scaler.load_state_dict(ours["scaler"])
         self.best_metric = ours["best_metric"]
         self.last_eval = ours["metrics"]
         if restore_position:  # resume (not rollback): the run's own counters and place
-            self.apply_config_changes(ours["config"], path)
+            if config_changes:
+                self.apply_config_changes(ours["config"], path)
             self.skipped_steps = ours["skipped_steps"]
             self.epoch = ours["data_position"]["epoch"]
             self.batch_in_epoch = ours["data_position"]["batch_in_epoch"]
@@ -396,6 +418,11 @@ class Trainer:
             if new_loss[key] != old_loss.get(key, new_loss[key]):
                 setattr(self.loss_weights, key, new_loss[key])
                 changed.append(f"loss.{key}={new_loss[key]}")
+        old_model, new_model = saved.get("model", {}), self.config.model.model_dump()
+        for key in DROPOUTS:
+            if new_model[key] != old_model.get(key, new_model[key]):
+                self.set_dropouts({key: new_model[key]})
+                changed.append(f"model.{key}={new_model[key]}")
         if changed:
             print(f"resume: config changed since {path.name}; now using {', '.join(changed)}", flush=True)
 
@@ -427,6 +454,22 @@ class Trainer:
             return
         self.load_training_state(found[1], found[0])
         print(f"resumed from {found[0]} at step {self.step}", flush=True)
+
+    def continue_from(self, path: str | Path) -> str:
+        """Carry on from another branch's checkpoint (a tuning trial's winner) as if this
+        run had trained those steps itself: weights, optimizer, step, schedule, loss
+        weights, clip, dropouts, data position and RNG come from it; this run's applied
+        command ids and callback state (its MLflow run) stay. Saved at once in this run's
+        own checkpoint folder, so a crash right after does not lose the adopted steps."""
+        path = Path(path)
+        ckpt = load_checkpoint(path)
+        applied, extras = self.applied_commands, self.extras
+        # config_changes=False: the branch's config differs from ours on purpose (its
+        # hyperparameters); its live values are what we adopt.
+        self.load_training_state(ckpt, path, restore_position=True, config_changes=False)
+        self.applied_commands, self.extras = applied, extras
+        saved = self.save_checkpoint("adopted")
+        return f"continued from {path} at step {self.step}; saved {saved.name}"
 
     def warm_start(self, path: str | Path, ignore_layers: Sequence[str]) -> None:
         """Weights only (as NVIDIA's --warm_start): new optimizer, step 0."""
