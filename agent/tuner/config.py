@@ -1,0 +1,152 @@
+"""The ``tuner:`` section of a run's YAML (validated here; the trainer carries it untouched).
+
+Each part of the engine takes the slice it needs: the objective its weights, the
+suggestion code the search space, the study its sampler and pruner, a round its budget.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainer.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ObjectiveConfig(_Section):
+    """objective = mel loss + w1 (1 - diagonality) + w2 (1 - gate accuracy) + w3 (probes that fail to stop).
+
+    The mel term is the validation mel loss *without* the gate and guided-attention
+    terms: those are weighted by hyperparameters under search (gate positive weight,
+    guided-attention weight), so ``val_loss`` would reward turning them down.
+    """
+
+    # The postnet output is the spectrogram a vocoder receives.
+    mel_metric: Literal["val_mel_postnet_loss", "val_mel_loss"] = "val_mel_postnet_loss"
+    diagonality_weight: float = Field(1.0, ge=0)  # w1
+    gate_weight: float = Field(0.5, ge=0)  # w2
+    stop_weight: float = Field(0.5, ge=0)  # w3
+    # Two objectives instead of one sum: (mel loss, alignment penalty = the weighted
+    # rest); NSGA-II by default, no pruning (Optuna prunes single-objective studies only).
+    multi_objective: bool = False
+
+
+class Range(_Section):
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "Range":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scaled range needs low > 0")
+        return self
+
+
+def _r(low: float, high: float, log: bool = False) -> Range:
+    return Range(low=low, high=high, log=log)
+
+
+class SearchSpace(_Section):
+    """What a trial may change, each a range (``null`` leaves it out of the search).
+
+    Names are the trainer's ``apply_hparams`` keys; ``space.CONFIG_KEYS`` maps them to
+    config keys for studies from scratch and for the written-out best config.
+    """
+
+    learning_rate: Range | None = Field(default_factory=lambda: _r(1e-4, 3e-3, log=True))
+    guided_attention_weight: Range | None = Field(default_factory=lambda: _r(0.0, 4.0))
+    guided_attention_sigma: Range | None = Field(default_factory=lambda: _r(0.1, 0.4))
+    gate_pos_weight: Range | None = Field(default_factory=lambda: _r(1.0, 32.0, log=True))
+    grad_clip_thresh: Range | None = Field(default_factory=lambda: _r(0.2, 5.0, log=True))
+    weight_decay: Range | None = Field(default_factory=lambda: _r(1e-8, 1e-4, log=True))
+    p_attention_dropout: Range | None = Field(default_factory=lambda: _r(0.0, 0.3))
+    p_decoder_dropout: Range | None = Field(default_factory=lambda: _r(0.0, 0.3))
+    # Off by default: Tacotron2 keeps prenet dropout on at inference, and its 0.5 is
+    # part of what makes the decoder listen to the encoder.
+    prenet_dropout: Range | None = None
+
+    def ranges(self) -> dict[str, Range]:
+        return {name: getattr(self, name) for name in type(self).model_fields if getattr(self, name) is not None}
+
+
+class PrunerConfig(_Section):
+    kind: Literal["median", "hyperband", "none"] = "median"
+    # median: trials finished before any is pruned, and reports a trial makes before
+    # it can be pruned (the first evaluation after a fork says little).
+    startup_trials: int = Field(2, ge=0)
+    warmup_reports: int = Field(1, ge=0)
+    # hyperband: keep 1/reduction_factor of the trials at each rung.
+    reduction_factor: int = Field(3, ge=2)
+
+
+class RoundConfig(_Section):
+    """One in-run tuning round (PBT-like: all trials fork from one checkpoint)."""
+
+    trials: int = Field(6, ge=1)  # including the one with the current hyperparameters
+    steps: int = Field(500, ge=1)  # each trial's step budget
+
+
+class TunerConfig(_Section):
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    space: SearchSpace = Field(default_factory=SearchSpace)
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig)
+    # None: TPE, or NSGA-II when objective.multi_objective.
+    sampler: Literal["tpe", "random", "nsga2"] | None = None
+    seed: int | None = None
+    # TPE samples at random until this many trials have finished (Optuna's default, 10,
+    # would make TPE random search for every round of a few trials).
+    tpe_startup_trials: int = Field(4, ge=1)
+    # NSGA-II's generation size (Optuna's default of 50 suits long studies only).
+    nsga2_population_size: int = Field(8, ge=2)
+    # Steps between a trial's evaluations; each reports the objective to the pruner.
+    report_every: int = Field(100, ge=1)
+    # One trial slot per entry, the entry becoming that trial's CUDA_VISIBLE_DEVICES
+    # ("0", "1", ...): trials run side by side. Empty: one slot, the environment as is.
+    devices: list[str] = Field(default_factory=list)
+    # A trial running longer than this is killed and marked failed.
+    trial_timeout_seconds: float = Field(6 * 3600.0, gt=0)
+    round: RoundConfig = Field(default_factory=RoundConfig)
+    # Offline studies: Optuna storage URL (None: a journal file in the run folder) and
+    # study name (None: the run folder's name). ``smart-tuner tune --storage`` overrides.
+    storage: str | None = None
+    study_name: str | None = None
+
+    @property
+    def sampler_kind(self) -> str:
+        return self.sampler or ("nsga2" if self.objective.multi_objective else "tpe")
+
+    @property
+    def pruner_kind(self) -> str:
+        # Optuna's Trial.report / should_prune are single-objective only.
+        return "none" if self.objective.multi_objective else self.pruner.kind
+
+    @property
+    def slots(self) -> list[str | None]:
+        return list(self.devices) or [None]
+
+
+def tuner_config(raw: dict[str, Any] | None) -> TunerConfig:
+    """Validate a run config's ``tuner`` section; a UserError names each bad key."""
+    try:
+        return TunerConfig.model_validate(raw or {})
+    except ValidationError as exc:
+        problems = "\n  ".join(f"tuner.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise UserError(f"invalid tuner section in the config:\n  {problems}") from None
+
+
+def tuning_dir(run_dir: str | Path) -> Path:
+    """Where a run's tuning rounds keep their trials and Optuna storage."""
+    return Path(run_dir) / "tuning"
+
+
+def study_dir(run_dir: str | Path) -> Path:
+    """Where an offline study keeps its trials, storage and best config."""
+    return Path(run_dir) / "study"
