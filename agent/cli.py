@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "Start with: smart-tuner run --config tiny-cpu")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_agent_commands(sub)
+    from agent.tuner.cli import add_commands as _add_tuner_commands  # tune, tune-now, trials (no optuna import)
+
+    _add_tuner_commands(sub, _add_run_dir_options)
     trainer_cli._add_data_commands(sub)
     cli_train.add_commands(sub)
     # The product's demo is supervised: same data and config, run under the daemon.

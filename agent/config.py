@@ -14,6 +14,9 @@ from policies.config import PolicyConfig
 from policies.types import KINDS
 
 Mode = Literal["auto", "ask", "notify"]
+# The policies' kinds plus the tuner's: "apply_winner" continues the run from a tuning
+# round's best trial (agent/tuner/inrun.py).
+APPROVAL_KINDS = (*KINDS, "apply_winner")
 
 
 class _Section(BaseModel):
@@ -33,6 +36,9 @@ def _default_modes() -> dict[str, Mode]:
         "early_stop": "ask",
         "tune": "ask",
         "ask_human": "ask",
+        # The winner beat the current settings' own trial at equal steps; applying it
+        # keeps its trained steps and can be judged (and undone) like any intervention.
+        "apply_winner": "auto",
     }
 
 
@@ -45,9 +51,9 @@ class ApprovalConfig(_Section):
     def _merge_with_defaults(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             return value
-        unknown = sorted(set(value) - set(KINDS))
+        unknown = sorted(set(value) - set(APPROVAL_KINDS))
         if unknown:
-            raise ValueError(f"unknown intervention kind(s) {unknown}; known: {', '.join(KINDS)}")
+            raise ValueError(f"unknown intervention kind(s) {unknown}; known: {', '.join(APPROVAL_KINDS)}")
         return {**_default_modes(), **value}
     # An "ask" proposal nobody answers within this time gets ``on_timeout``.
     timeout_seconds: float = Field(3600.0, gt=0)

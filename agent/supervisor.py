@@ -27,6 +27,7 @@ from transitions import EventData, Machine
 
 from agent.config import SupervisorConfig
 from agent.journal import Journal, Proposal as ProposalRow
+from agent.tuner.inrun import InRunTuning
 from policies import Memory, Phase, Proposal, Window, propose
 from policies.signals import is_aligned, is_collapsed, is_diverging, is_healthy, is_plateau, warmup_done
 from trainer.control import CheckpointRecord, Pause
@@ -41,8 +42,10 @@ TRANSITIONS = [
     {"trigger": "recovery_applied", "source": "diverging", "dest": "recovering"},
     {"trigger": "recovered", "source": "recovering", "dest": "stable", "conditions": "was_aligned"},
     {"trigger": "recovered", "source": "recovering", "dest": "aligning"},
-    {"trigger": "start_tuning", "source": "stable", "dest": "tuning"},
-    {"trigger": "tuning_done", "source": "tuning", "dest": "stable"},
+    # From aligning only on request (smart-tuner tune-now): the plateau rule runs in stable.
+    {"trigger": "start_tuning", "source": ["stable", "aligning"], "dest": "tuning"},
+    {"trigger": "tuning_done", "source": "tuning", "dest": "stable", "conditions": "was_aligned"},
+    {"trigger": "tuning_done", "source": "tuning", "dest": "aligning"},
 ]
 # Aims judged on evaluations rather than steps; which direction is better.
 _EVAL_AIMS = {"diagonality", "gate_accuracy", "val_loss"}
@@ -86,6 +89,9 @@ class Supervisor:
         self.machine = Machine(model=self, states=STATES, transitions=TRANSITIONS, initial=initial,
                                auto_transitions=False, send_event=True, after_state_change="_persist_phase")
         self._window: Window | None = None
+        # The tuning phase's work (agent/tuner): reads the run's run-config.yaml beside
+        # the journal, validating its tuner section now.
+        self.tuning = InRunTuning(journal, cfg.approvals, Path(journal.path).parent, notify=self._notify, log=log)
 
     # -- the round ------------------------------------------------------------------------
     def tick(self) -> None:
@@ -146,6 +152,8 @@ class Supervisor:
             self.memory = self.memory.with_stable_diagonality(e.diagonality)
             self.aligned(reason=f"aligned: diagonality {e.diagonality:.3f}, focus {e.focus:.3f}", step=step)
             self._notify("aligned", f"attention aligned at step {step} (diagonality {e.diagonality:.3f})")
+        elif self.state == "aligning" and self._approved("tune"):
+            self.start_tuning(reason="tuning requested", step=step)
         elif self.state == "stable":
             if evals:
                 self.memory = self.memory.with_stable_diagonality(evals[-1].diagonality)
@@ -164,13 +172,9 @@ class Supervisor:
             self.failures = 0
             self.recovered(reason="healthy through probation", step=step)
         elif self.state == "tuning":
-            # Trials are the optimization engine's job (a later issue); until then the
-            # phase is entered and left so that its transitions are real.
-            for row in self.journal.proposals("approved"):
-                if row.kind == "tune":
-                    self.journal.finish_proposal(row.id, "applied", step=step,
-                                                 detail="no trial runner yet; continuing with current settings")
-            self.tuning_done(reason="tuning finished", step=step)
+            done = self.tuning.advance(step)  # a round of trials, then the winner continues the run
+            if done is not None:
+                self.tuning_done(reason=done, step=step)
 
     def _phase_started_at(self) -> float:
         history = self.journal.phase_history(limit=1)

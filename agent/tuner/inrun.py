@@ -1,0 +1,287 @@
+"""The supervisor's ``tuning`` phase: one round of trials, then the winner continues the run.
+
+``InRunTuning.advance()`` runs at every supervisor tick while the phase is ``tuning``
+and moves the round through its stages, each kept in the journal (state key
+``tuning_round``) so that a restarted daemon knows where a round stood:
+
+1. **checkpointing**: ``save_checkpoint`` and ``pause`` are queued for the trainer; the
+   saved checkpoint (found in the journal's registry by the acknowledged step) is the
+   round's base. The paused trainer keeps its process (and the stall watchdog knows a
+   paused trainer is silent).
+2. **trials**: a background thread runs the round (:mod:`agent.tuner.rounds`), one
+   journal row and one MLflow child run per trial. Trials read the base checkpoint and
+   write only into ``RUN/tuning/round-R/``.
+3. **applying**: an ``apply_winner`` proposal (mode from ``approvals.modes``, ``auto``
+   by default) carries ``continue_from <winner's final checkpoint>`` and ``resume``.
+   The trainer adopts the winner's weights, optimizer, step, data position and
+   hyperparameters, saves that as its own checkpoint and trains on: the winner's steps
+   are kept. Rejected or expired: the run continues from the baseline trial (the
+   current hyperparameters, also trained those steps), or from the base if that trial
+   did not complete.
+
+Whatever goes wrong (no checkpoint, every trial failed, the daemon restarted mid-round)
+ends the round with ``resume`` and the main run continues as it was; the base
+checkpoint itself is never written by the round.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from agent.config import ApprovalConfig
+from agent.journal import Journal
+from agent.paths import child_config_path
+from trainer.control import ContinueFrom, Pause, Resume, SaveCheckpoint
+
+STATE_KEY = "tuning_round"
+Notify = Callable[..., None]  # (kind, text, payload=None, urgent=False)
+
+
+class _JournalHooks:
+    """Trial rows in the journal, trial runs in MLflow, a log line per trial."""
+
+    def __init__(self, journal: Journal, round_id: int, study: str, base_step: int, tracker: Any, log: Any) -> None:
+        self.journal, self.round_id, self.study, self.base_step = journal, round_id, study, base_step
+        self.tracker, self.log = tracker, log
+
+    def started(self, number: int, params: dict[str, float], baseline: bool, folder: Path) -> dict[str, Any]:
+        row = self.journal.add_trial(round=self.round_id, study=self.study, number=number, params=params,
+                                     baseline=baseline, base_step=self.base_step, folder=str(folder))
+        return {"row": row.id, "number": number, "params": params, "baseline": baseline, "run": None}
+
+    def forked(self, handle: dict[str, Any], pid: int, start: dict[str, Any]) -> None:
+        self.journal.update_trial(handle["row"], pid=pid)
+        if start and handle["run"] is None:
+            parent = (start.get("extras") or {}).get("mlflow_run_id")
+            params = start.get("live") if handle["baseline"] else handle["params"]
+            handle["run"] = self.tracker.start(f"round {self.round_id} trial {handle['number']}", params or {},
+                                               parent, tags={"smart_tuner.round": str(self.round_id),
+                                                             "smart_tuner.trial": str(handle["number"]),
+                                                             "smart_tuner.baseline": str(handle["baseline"])})
+            if handle["run"]:
+                self.journal.update_trial(handle["row"], mlflow_run_id=handle["run"])
+
+    def reported(self, handle: dict[str, Any], progress: int, score: Any) -> None:
+        self.journal.update_trial(handle["row"], steps=progress, objective=score.total)
+        self.tracker.report(handle["run"], progress, score.as_dict())
+
+    def finished(self, handle: dict[str, Any], result: Any) -> None:
+        o = result.outcome
+        metrics = {**result.score.as_dict(), "eval": o.record} if result.score is not None else None
+        self.journal.finish_trial(handle["row"], result.state, detail=result.detail, steps=o.progress,
+                                  objective=result.score.total if result.score is not None else None,
+                                  metrics=metrics, checkpoint=o.checkpoint if result.state == "complete" else None)
+        self.tracker.finish(handle["run"], result.state, result.detail)
+        if self.log is not None:
+            self.log.info("trial", round=self.round_id, trial=result.number, state=result.state,
+                          objective=result.score.total if result.score is not None else None,
+                          detail=result.detail.splitlines()[0] if result.detail else "")
+
+
+class InRunTuning:
+    def __init__(self, journal: Journal, approvals: ApprovalConfig, run_dir: str | Path, notify: Notify,
+                 log: Any = None) -> None:
+        self.journal = journal
+        self.approvals = approvals
+        self.run_dir = Path(run_dir)
+        self.notify = notify
+        self.log = log
+        self._thread: threading.Thread | None = None
+        self._summary: Any = None
+        self._error: str | None = None
+        self._stop = threading.Event()
+        # Validate the tuner section now (a bad key stops `smart-tuner run` at start, not
+        # hours later at the first plateau). No run config (tests, a bare journal): the
+        # round will say so.
+        self.config, self.tuner = self._load()
+
+    def _load(self) -> tuple[Any, Any]:
+        from agent.tuner.config import tuner_config
+        from trainer.config import load_config
+
+        path = child_config_path(self.run_dir)
+        if not path.exists():
+            return None, None
+        config = load_config(path)
+        return config, tuner_config(config.tuner)
+
+    # -- the tick -----------------------------------------------------------------------------
+    def advance(self, step: int | None) -> str | None:
+        """Move the round on; returns why the phase is over, or None while it goes on."""
+        st = self.journal.get_state(STATE_KEY)
+        tune = next((p for p in self.journal.proposals("approved", 20) if p.kind == "tune"), None)
+        if tune is not None and (st is None or st.get("round") != tune.id):
+            return self._begin(tune.id, step)
+        if st is None or st.get("stage") == "done":
+            return "no tuning round to run"
+        stage = st["stage"]
+        if stage == "checkpointing":
+            return self._await_base(st, step)
+        if stage == "trials":
+            return self._await_trials(st, step)
+        return self._await_apply(st, step)
+
+    def _save(self, st: dict[str, Any]) -> None:
+        self.journal.set_state(STATE_KEY, st)
+
+    def _begin(self, round_id: int, step: int | None) -> str | None:
+        if self.config is None:
+            return self._abort({"round": round_id}, "no run config (run-config.yaml) to fork trials from", step,
+                               resume=False)
+        save, pause = SaveCheckpoint(), Pause()
+        self.journal.enqueue_command(save, source="tuner")
+        self.journal.enqueue_command(pause, source="tuner")
+        self._save({"round": round_id, "stage": "checkpointing", "save": save.id, "pause": pause.id,
+                    "started_at": time.time()})
+        self.notify("tuning", f"tuning round #{round_id}: checkpointing and pausing the trainer, then "
+                              f"{self.tuner.round.trials} trials of {self.tuner.round.steps} steps")
+        return None
+
+    def _await_base(self, st: dict[str, Any], step: int | None) -> str | None:
+        save, pause = self.journal.get_command(st["save"]), self.journal.get_command(st["pause"])
+        if save is None or save.acked_at is None or pause is None or pause.acked_at is None:
+            return None
+        if not save.ok:
+            return self._abort(st, f"the trainer could not save a base checkpoint: {save.detail}", step)
+        base = next((c for c in self.journal.checkpoints(20) if c.step == save.step and Path(c.path).exists()), None)
+        if base is None:
+            return self._abort(st, f"no checkpoint of step {save.step} on disk to fork from", step)
+        st.update(stage="trials", base_step=base.step, base_path=base.path)
+        self._save(st)
+        self._start_round(st)
+        return None
+
+    def _current_values(self) -> dict[str, float]:
+        """The run's hyperparameters now: the trainer's live values from its newest step
+        record, the config's for those telemetry does not carry."""
+        from agent.tuner.space import config_values
+
+        values = config_values(self.config)
+        latest = self.journal.latest_steps(1)
+        if latest:
+            s = latest[0]
+            values.update(learning_rate=s.lr, guided_attention_weight=s.guided_attention_weight,
+                          gate_pos_weight=s.gate_pos_weight, grad_clip_thresh=s.grad_clip)
+        return values
+
+    def _start_round(self, st: dict[str, Any]) -> None:
+        round_id, base_path, base_step = st["round"], st["base_path"], st["base_step"]
+        current = self._current_values()
+        main = self.config.model_dump(mode="json")
+
+        def work() -> None:
+            try:
+                from agent.tuner.rounds import run_round, study_name
+                from agent.tuner.tracking import TrialTracker
+
+                tracker = TrialTracker(self.config.tracking, self.run_dir, log=print)
+                hooks = _JournalHooks(self.journal, round_id, study_name(self.run_dir, round_id), base_step,
+                                      tracker, self.log)
+                self._summary = run_round(main, self.tuner, base_path, current, round_id, hooks, self._stop)
+            except Exception as exc:  # noqa: BLE001 - reported by the next tick, the run resumes
+                self._error = f"{type(exc).__name__}: {exc}"
+                if self.log is not None:
+                    self.log.error("tuning round failed", round=round_id, error=self._error,
+                                   traceback=traceback.format_exc())
+
+        self._summary, self._error = None, None
+        # A daemon thread: a daemon that exits does not wait for a round (its trials die
+        # with it, see trial_child), and the next daemon marks their rows failed.
+        self._thread = threading.Thread(target=work, name=f"tuning-round-{round_id}", daemon=True)
+        self._thread.start()
+
+    def _await_trials(self, st: dict[str, Any], step: int | None) -> str | None:
+        if self._thread is None:
+            return self._abort(st, "the daemon restarted during the round", step)
+        if self._thread.is_alive():
+            return None
+        self._thread = None
+        if self._summary is None:
+            return self._abort(st, f"the round failed: {self._error}", step)
+        return self._conclude(st, self._summary, step)
+
+    def _conclude(self, st: dict[str, Any], summary: Any, step: int | None) -> str | None:
+        from agent.tuner.space import describe
+
+        rows = {r.number: r for r in self.journal.trials(round=st["round"])}
+        counts = {k: sum(1 for r in summary.results if r.state == k) for k in ("complete", "pruned", "failed")}
+        tally = f"{len(summary.results)} trials ({counts['complete']} complete, {counts['pruned']} pruned, " \
+                f"{counts['failed']} failed)"
+        winner, baseline = summary.winner, summary.baseline
+        if winner is None:
+            return self._abort(st, f"no trial completed: {tally}", step)
+        if winner.number in rows:
+            self.journal.set_trial_winner(rows[winner.number].id)
+        base_score = baseline.score.total if baseline is not None and baseline.state == "complete" else None
+        versus = f" vs {base_score:.4f} for the current settings" if base_score is not None else ""
+        what = "the current settings" if winner.baseline else describe(winner.params)
+        self.journal.finish_proposal(st["round"], "applied", step=step,
+                                     detail=f"{tally}; winner trial {winner.number} ({what}) objective "
+                                            f"{winner.score.total:.4f}{versus}")
+        evidence: dict[str, Any] = {"round": st["round"], "trial": winner.number, "objective": winner.score.total,
+                                    "base_step": st["base_step"], "steps": winner.outcome.progress, **counts,
+                                    **{f"param.{k}": v for k, v in winner.params.items()}}
+        if base_score is not None:
+            evidence["baseline_objective"] = base_score
+        if summary.front and self.tuner.objective.multi_objective:
+            evidence["pareto_front"] = ", ".join(f"#{r.number} mel {r.score.mel:.4f} alignment {r.score.alignment:.4f}"
+                                                 for r in summary.front)
+        mode = self.approvals.mode_for("apply_winner")
+        actions = [ContinueFrom(path=winner.outcome.checkpoint), Resume()]
+        reason = (f"Tuning round #{st['round']}: trial {winner.number} ({what}) reached objective "
+                  f"{winner.score.total:.4f}{versus} after {winner.outcome.progress} steps from step "
+                  f"{st['base_step']}; {tally}. Continuing the run from its checkpoint.")
+        row = self.journal.add_proposal(policy="tuner", kind="apply_winner", actions=actions, reason=reason,
+                                        evidence=evidence, aim="val_loss", mode=mode, step=step,
+                                        expires_at=time.time() + self.approvals.timeout_seconds if mode == "ask"
+                                        else None, approve_by="auto" if mode == "auto" else None)
+        if mode == "notify":
+            self.journal.decide(row.id, "rejected", by="policy:notify-only", enqueue=False)
+        self.notify("tuning_winner" if mode != "ask" else "proposal_ask",
+                    f"#{row.id} tuner: {reason}" + (f" Approve with 'smart-tuner approve {row.id}'." if mode == "ask"
+                                                     else ""), payload={"proposal_id": row.id}, urgent=mode == "ask")
+        st.update(stage="applying", apply=row.id, winner=winner.number,
+                  baseline_checkpoint=baseline.outcome.checkpoint if baseline is not None
+                  and baseline.state == "complete" else None)
+        self._save(st)
+        return None
+
+    def _await_apply(self, st: dict[str, Any], step: int | None) -> str | None:
+        p = self.journal.get_proposal(st["apply"])
+        if p is None or p.status in ("proposed", "approved"):
+            return None  # waiting for a human, or for the trainer's acknowledgements
+        if p.status == "applied":
+            self._finish(st)
+            return f"winner of round #{st['round']} applied (trial {st['winner']})"
+        if p.status == "failed":
+            self._finish(st)
+            return f"applying the winner failed ({p.outcome_detail}); the run continues with its current settings"
+        # Rejected or expired: the run goes on as if there had been no tuning, keeping the
+        # steps the baseline trial trained with the current settings.
+        if st.get("baseline_checkpoint"):
+            self.journal.enqueue_command(ContinueFrom(path=st["baseline_checkpoint"]), source="tuner")
+        self.journal.enqueue_command(Resume(), source="tuner")
+        self._finish(st)
+        return f"winner {p.status}; continuing with the current settings" + (
+            " from the baseline trial" if st.get("baseline_checkpoint") else "")
+
+    def _finish(self, st: dict[str, Any]) -> None:
+        st["stage"] = "done"
+        self._save(st)
+
+    def _abort(self, st: dict[str, Any], why: str, step: int | None, resume: bool = True) -> str:
+        round_id = st["round"]
+        self.journal.fail_running_trials(why, round=round_id)
+        self.journal.finish_proposal(round_id, "failed", step=step, detail=why)
+        if resume:
+            self.journal.enqueue_command(Resume(), source="tuner")
+        self._finish(st)
+        self.notify("tuning_failed", f"tuning round #{round_id} ended without a winner: {why}; the run continues "
+                                     "with its current settings", urgent=False)
+        if self.log is not None:
+            self.log.warning("tuning round abandoned", round=round_id, why=why)
+        return f"tuning round abandoned: {why}"
