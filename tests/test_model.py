@@ -55,6 +55,31 @@ def test_frames_per_step_trains_and_infers(r):
     assert inf.lengths.max() <= 7 * r
 
 
+@pytest.mark.parametrize("r", [1, 2])
+def test_deferred_lstm_weight_gradient_equals_per_step_lstmcell(r):
+    """The CPU decoder's one-GEMM weight gradient must equal nn.LSTMCell's per-step sum."""
+    cfg = ModelConfig(**{**MICRO_MODEL, "n_frames_per_step": r, "p_attention_dropout": 0.0,
+                         "p_decoder_dropout": 0.0, "prenet_dropout": 0.0})
+    b = _batch(r)
+    grads, outputs = [], []
+    for deferred in (False, True):
+        torch.manual_seed(1)
+        model = Tacotron2(cfg, 148, 80).train()
+        model.decoder.deferred_weight_grad = deferred
+        out = model(b.text, b.text_lengths, b.mel)
+        (out.mel_postnet.pow(2).mean() + out.gate.pow(2).mean() + out.alignments.pow(3).sum()).backward()
+        outputs.append(out.mel_postnet.detach())
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-4)  # summation order differs
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        # atol covers biases ahead of batch norm, whose true gradient is zero (pure rounding).
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+    # The rnn weights really got gradients (not zeros from a tap that never fired).
+    assert grads[1]["decoder.decoder_rnn.weight_hh"].abs().sum() > 0
+    assert grads[1]["decoder.attention_rnn.weight_ih"].abs().sum() > 0
+
+
 def test_gate_target_marks_the_step_holding_the_last_real_frame():
     b = Collate(2)([(torch.tensor([1, 2]), torch.zeros(80, 5)), (torch.tensor([3]), torch.zeros(80, 8))])
     # 5 frames, r=2 -> steps (0,1) (2,3) (4,pad): the third step stops; 8 frames -> the fourth.

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from trainer.config import ModelConfig
 from trainer.model.layers import ConvNorm, LinearNorm, conv_bn
+from trainer.model.recurrent import DeferredLSTMCell, use_deferred_weight_grad
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
@@ -145,6 +146,9 @@ class Decoder(nn.Module):
         self.decoder_rnn = nn.LSTMCell(cfg.attention_rnn_dim + self.enc_dim, cfg.decoder_rnn_dim)
         self.linear_projection = LinearNorm(cfg.decoder_rnn_dim + self.enc_dim, n_mels * self.r)
         self.gate_layer = LinearNorm(cfg.decoder_rnn_dim + self.enc_dim, 1, bias=True, w_init_gain="sigmoid")
+        # CPU training forms the LSTM weight gradients once per sequence instead of once
+        # per frame (see trainer/model/recurrent.py); off only to measure or compare.
+        self.deferred_weight_grad = True
 
     def initial_state(self, memory: torch.Tensor) -> DecoderState:
         b, t, _ = memory.shape
@@ -156,12 +160,13 @@ class Decoder(nn.Module):
         )
 
     def step(self, prenet_out: torch.Tensor, s: DecoderState, memory: torch.Tensor, processed_memory: torch.Tensor,
-             pad_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
-        ah, ac = self.attention_rnn(torch.cat((prenet_out, s.attention_context), -1), (s.attention_hidden, s.attention_cell))
+             pad_mask: torch.Tensor | None, cells: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
+        attention_rnn, decoder_rnn = cells or (self.attention_rnn, self.decoder_rnn)
+        ah, ac = attention_rnn(torch.cat((prenet_out, s.attention_context), -1), (s.attention_hidden, s.attention_cell))
         ah = F.dropout(ah, self.p_attention_dropout, self.training)
         weights_cat = torch.stack((s.attention_weights, s.attention_weights_cum), dim=1)
         context, weights = self.attention_layer(ah, memory, processed_memory, weights_cat, pad_mask)
-        dh, dc = self.decoder_rnn(torch.cat((ah, context), -1), (s.decoder_hidden, s.decoder_cell))
+        dh, dc = decoder_rnn(torch.cat((ah, context), -1), (s.decoder_hidden, s.decoder_cell))
         dh = F.dropout(dh, self.p_decoder_dropout, self.training)
         out = torch.cat((dh, context), -1)
         new = DecoderState(ah, ac, dh, dc, weights, s.attention_weights_cum + weights, context)
@@ -186,9 +191,12 @@ class Decoder(nn.Module):
         processed_memory = self.attention_layer.memory_layer(memory)
         pad_mask = ~lengths_to_mask(text_lengths, memory.size(1))
         state = self.initial_state(memory)
+        cells = None
+        if self.deferred_weight_grad and use_deferred_weight_grad(memory):
+            cells = (DeferredLSTMCell(self.attention_rnn), DeferredLSTMCell(self.decoder_rnn))
         outs, gates, aligns = [], [], []
         for i in range(prenet_out.size(1)):
-            out, gate, state = self.step(prenet_out[:, i], state, memory, processed_memory, pad_mask)
+            out, gate, state = self.step(prenet_out[:, i], state, memory, processed_memory, pad_mask, cells)
             outs.append(out)
             gates.append(gate)
             aligns.append(state.attention_weights)

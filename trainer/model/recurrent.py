@@ -1,0 +1,110 @@
+"""LSTM cells for the teacher-forced decoder loop, with the weight gradient formed once.
+
+Why this exists: the decoder runs its two LSTM cells once per output frame. With
+``nn.LSTMCell`` every one of those ~400 steps adds its own rank-B product ``g.T @ x``
+into the weight gradient during backward. At batch 8 that product is a thin GEMM
+(M = 8) that CPU BLAS runs at a fraction of its peak, and it streams the whole
+gradient matrix through memory once per step; the profile of a default-hparams step
+on CPU showed 65% of self time in those products.
+
+Here the per-step backward only forms the input gradient ``g @ W`` (needed to keep
+back-propagating through time) and files ``(x, g)`` with a bank; when autograd has
+finished every step it reaches the weight's *tap*, which stacks all steps and forms
+the weight gradient as one tall GEMM (M = steps x batch), the shape BLAS is fast at.
+Same arithmetic, summed in a different order (float rounding differs at ~1e-6).
+
+The parameters stay those of the ``nn.LSTMCell`` modules (NVIDIA's names and
+shapes); only the way the step is computed changes. Used for CPU training; CUDA,
+autocast and no-grad paths keep ``nn.LSTMCell`` (cuDNN-backed, and unmeasured here).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _GradBank:
+    """The (input, output-gradient) pairs of every step, collected during backward."""
+
+    def __init__(self) -> None:
+        self.inputs: list[torch.Tensor] = []
+        self.grads: list[torch.Tensor] = []
+
+    def drain(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, g = torch.cat(self.inputs), torch.cat(self.grads)
+        self.inputs.clear()
+        self.grads.clear()
+        return x, g
+
+
+class _WeightTap(torch.autograd.Function):
+    """Identity on the weight; its backward forms the whole-sequence weight gradient.
+
+    Autograd runs this node only after every step that used the weight has run its
+    backward, so the bank is complete by then.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, bank: _GradBank) -> torch.Tensor:  # type: ignore[override]
+        ctx.bank = bank
+        # The steps return no weight gradient of their own: don't build zeros for it.
+        ctx.set_materialize_grads(False)
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor | None) -> tuple[torch.Tensor | None, None]:  # type: ignore[override]
+        bank: _GradBank = ctx.bank
+        if not bank.inputs:
+            return grad, None
+        x, g = bank.drain()
+        weight_grad = g.t().mm(x)
+        return (weight_grad if grad is None else grad + weight_grad), None
+
+
+class _DeferredLinear(torch.autograd.Function):
+    """``x @ W.T`` whose backward returns only the input gradient and banks (x, g)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bank: _GradBank) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.bank = bank
+        return x.mm(weight.t())
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        ctx.bank.inputs.append(x)
+        ctx.bank.grads.append(g)
+        return g.mm(weight), None, None
+
+
+class DeferredLSTMCell:
+    """One sequence's use of an ``nn.LSTMCell`` with the weight gradient deferred.
+
+    Build one per forward pass (it concatenates the cell's input and hidden weights
+    once, so each step is a single GEMM), then call it like the cell.
+    """
+
+    def __init__(self, cell: nn.LSTMCell) -> None:
+        if cell.bias_ih is None or cell.bias_hh is None:
+            raise ValueError("DeferredLSTMCell needs an LSTMCell with biases (Tacotron2's have them)")
+        self._bank = _GradBank()
+        weight = torch.cat((cell.weight_ih, cell.weight_hh), dim=1)
+        self._weight = _WeightTap.apply(weight, self._bank)
+        self._bias = cell.bias_ih + cell.bias_hh
+
+    def __call__(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        h, c = state
+        gates = _DeferredLinear.apply(torch.cat((x, h), dim=1), self._weight, self._bank) + self._bias
+        # nn.LSTMCell's gate order: input, forget, cell candidate, output.
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def use_deferred_weight_grad(reference: torch.Tensor) -> bool:
+    """The deferred path pays off on CPU training; elsewhere keep ``nn.LSTMCell``."""
+    return (reference.device.type == "cpu" and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu"))
