@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from policies.config import PolicyConfig
 from policies.types import KINDS
@@ -82,11 +82,65 @@ class ProcessConfig(_Section):
     stop_grace_seconds: float = Field(120.0, gt=0)
 
 
+class TelegramConfig(_Section):
+    """The Telegram bot (on only when TELEGRAM_BOT_TOKEN is set; see docs/telegram.md).
+
+    The token itself is never part of the config: it is read from the environment
+    (or ``.env``) only, so that run-config.yaml, MLflow and logs cannot carry it.
+    """
+
+    # Commands are accepted only from a chat in allowed_chat_ids *and* a user in
+    # allowed_user_ids (in a private chat both are your user id). Notifications go to
+    # every allowed chat.
+    allowed_chat_ids: list[int] = Field(default_factory=list)
+    allowed_user_ids: list[int] = Field(default_factory=list)
+    # Bot API server, e.g. a local telegram-bot-api (http://127.0.0.1:8081); None: Telegram's.
+    api_base_url: str | None = None
+    # Flood control: a token bucket per chat (a burst, then so many messages a minute);
+    # what waits is grouped into one message. Non-urgent notifications wait group_seconds
+    # for company first.
+    burst_messages: int = Field(5, ge=1)
+    messages_per_minute: float = Field(10.0, gt=0)
+    group_seconds: float = Field(3.0, ge=0)
+    group_max_items: int = Field(10, ge=1)  # more than this in one message: counted by kind, newest listed
+    # Backoff while Telegram is unreachable (exponential, with jitter, capped); the same
+    # for sending and for long polling.
+    retry_initial_seconds: float = Field(1.0, gt=0)
+    retry_max_seconds: float = Field(60.0, gt=0)
+    poll_timeout_seconds: int = Field(25, ge=0)  # getUpdates long-poll wait
+    request_timeout_seconds: float = Field(30.0, gt=0)
+    # At daemon exit, how long to try to deliver what is still in the outbox (the rest
+    # waits there for the next start).
+    flush_seconds: float = Field(10.0, ge=0)
+    # /listen: the sentence (default: the run's first eval.probe_sentences) and a time limit.
+    listen_text: str | None = None
+    listen_timeout_seconds: float = Field(300.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_token_here(cls, value: Any) -> Any:
+        if isinstance(value, dict) and any("token" in str(k).lower() for k in value):
+            # (the message names no value: it must not echo a secret back)
+            raise ValueError("the bot token is not a config key: set the environment variable TELEGRAM_BOT_TOKEN "
+                             "(or put it in .env), see docs/telegram.md")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> "TelegramConfig":
+        if self.retry_max_seconds <= self.retry_initial_seconds:
+            raise ValueError("retry_max_seconds must be greater than retry_initial_seconds")
+        return self
+
+
 class SupervisorConfig(_Section):
+    # A bot token pasted into the section anyway must not be echoed back in an error.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
+
     policies: PolicyConfig = Field(default_factory=PolicyConfig)
     approvals: ApprovalConfig = Field(default_factory=ApprovalConfig)
     probation: ProbationConfig = Field(default_factory=ProbationConfig)
     process: ProcessConfig = Field(default_factory=ProcessConfig)
+    telegram: TelegramConfig = Field(default_factory=TelegramConfig)
     # How often the supervisor reads the journal and decides.
     tick_seconds: float = Field(2.0, gt=0)
     # Periodic status digest to the notifiers (minutes; 0 = off).

@@ -339,6 +339,7 @@ class Daemon:
         self._stop_signal: str | None = None
         self._old_handlers: dict[int, Any] = {}
         self.ready_seconds: float | None = None
+        self._notifications: Any = None  # agent.notify: console and/or Telegram, draining the outbox
 
     # -- the whole life ---------------------------------------------------------------------
     def run(self) -> int:
@@ -357,6 +358,7 @@ class Daemon:
                           since_process_start=round(age, 3) if age is not None else None,
                           phase=self._phase(), child_pid=self._run.proc.pid if self._run else None,
                           run_dir=str(self.run_dir))
+            self._start_notifications()  # after "ready": the bot's imports take seconds, in its own thread
             return self._loop()
         finally:
             self._teardown()
@@ -482,6 +484,11 @@ class Daemon:
                 self._scheduler.shutdown(wait=True)
             except Exception:  # noqa: BLE001 - already stopped
                 pass
+        if self._notifications is not None:  # the last events (finished, stopped) go out now, if they can
+            try:
+                self._notifications.stop()
+            except Exception:  # noqa: BLE001 - what is not delivered waits in the outbox
+                self.log.exception("stopping notifications failed")
         if self._follower is not None:
             self._follower.stop()
         if self._probe is not None:
@@ -645,6 +652,14 @@ class Daemon:
         sched.add_job(self._job(self._wal_checkpoint), "interval", seconds=WAL_CHECKPOINT_SECONDS, id="wal-checkpoint")
         sched.start()
         self._scheduler = sched
+
+    def _start_notifications(self) -> None:
+        from agent.notify import start_notifications
+
+        probes = self.config.eval.probe_sentences
+        self._notifications = start_notifications(
+            self.cfg.telegram, journal=self.journal, scheduler=self._scheduler, run_dir=self.run_dir,
+            max_steps=self.config.train.max_steps, probe_text=probes[0] if probes else None, log=self.log)
 
     def _job(self, fn: Callable[[], None]) -> Callable[[], None]:
         name = fn.__name__.lstrip("_")

@@ -56,7 +56,7 @@ from trainer.control import (
     CheckpointRecord, Command, CommandResult, EvalRecord, StepTelemetry, parse_command,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 ProposalStatus = Literal["proposed", "approved", "rejected", "expired", "applied", "failed"]
 Decision = Literal["approved", "rejected", "expired"]
@@ -231,6 +231,26 @@ class OutboxMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class Delivery:
+    """One outbox message handed to one channel (``console``, ``telegram:CHAT_ID``)."""
+    outbox_id: int
+    channel: str
+    delivered_at: float
+    ref: str | None  # the channel's id for it (a Telegram message id); grouped messages share one
+    error: str | None  # set when the channel refused it for good (dead letter), None when delivered
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalMessage:
+    """A Telegram message showing a proposal, and the proposal status its text shows."""
+    proposal_id: int
+    chat_id: int
+    message_id: int
+    shown: str
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEntry:
     id: int
     wall_time: float
@@ -326,7 +346,22 @@ _V2 = [
         mlflow_run_id TEXT, winner INTEGER NOT NULL DEFAULT 0, UNIQUE (study, number))""",
     "CREATE INDEX trials_round ON trials(round)",
 ]
-MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2}
+# Version 3: notification delivery (agent/notify.py, agent/telegram_bot.py). An outbox
+# row is sent once every channel has it; ``deliveries`` says which channel has which,
+# so a message to two chats is not repeated to the first when the second fails.
+# ``proposal_messages``: the Telegram messages showing a proposal, to be edited once it
+# is decided (by whoever: the bot, the CLI, expiry).
+_V3 = [
+    """CREATE TABLE deliveries (
+        outbox_id INTEGER NOT NULL REFERENCES outbox(id), channel TEXT NOT NULL, delivered_at REAL NOT NULL,
+        ref TEXT, error TEXT, PRIMARY KEY (outbox_id, channel))""",
+    """CREATE TABLE proposal_messages (
+        chat_id INTEGER NOT NULL, message_id INTEGER NOT NULL,
+        proposal_id INTEGER NOT NULL REFERENCES proposals(id), shown TEXT NOT NULL,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (chat_id, message_id))""",
+    "CREATE INDEX proposal_messages_proposal ON proposal_messages(proposal_id)",
+]
+MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2, 3: _V3}
 
 _STEP_COLUMNS = ("step", "wall_time", "epoch", "lr", "loss", "mel_loss", "mel_postnet_loss", "gate_loss",
                  "guided_attention_loss", "grad_norm", "grad_clip", "guided_attention_weight", "gate_pos_weight",
@@ -401,6 +436,11 @@ def _outbox(r: sqlite3.Row) -> OutboxMessage:
     return OutboxMessage(id=r["id"], created_at=r["created_at"], kind=r["kind"], text=r["text"],
                          payload=loads(r["payload"]), dedupe_key=r["dedupe_key"], sent_at=r["sent_at"],
                          attempts=r["attempts"], last_error=r["last_error"])
+
+
+def _proposal_message(r: sqlite3.Row) -> ProposalMessage:
+    return ProposalMessage(proposal_id=r["proposal_id"], chat_id=r["chat_id"], message_id=r["message_id"],
+                           shown=r["shown"], updated_at=r["updated_at"])
 
 
 def _phase(r: sqlite3.Row) -> PhaseChange:
@@ -604,6 +644,18 @@ class Journal:
             rows = self._con.execute("SELECT seq, record FROM evals WHERE seq > ? ORDER BY seq LIMIT ?",
                                      (seq, -1 if limit is None else limit)).fetchall()
         return [EvalRow(r[0], EvalRecord.model_validate_json(r[1])) for r in rows]
+
+    def loss_curve(self, max_points: int = 4000) -> tuple[list[tuple[int, float | None]], list[tuple[int, float | None]]]:
+        """``(step, loss)`` of every k-th step row in the order written (at most about
+        ``max_points``, the newest always included) and ``(step, val_loss)`` of every
+        evaluation: for a loss plot. Reads the columns, not the JSON records."""
+        with self._read() as con:
+            top = con.execute("SELECT coalesce(max(seq), 0) FROM telemetry").fetchone()[0]
+            every = max(1, math.ceil(top / max_points))
+            steps = con.execute("SELECT step, loss FROM telemetry WHERE seq % ? = 0 OR seq = ? ORDER BY seq",
+                                (every, top)).fetchall()
+            evals = con.execute("SELECT step, val_loss FROM evals ORDER BY seq").fetchall()
+        return [(r[0], r[1]) for r in steps], [(r[0], r[1]) for r in evals]
 
     # -- checkpoints ------------------------------------------------------------------------
     def add_checkpoint(self, record: CheckpointRecord, *, steps: Sequence[StepTelemetry] = ()) -> CheckpointEntry:
@@ -1022,6 +1074,80 @@ class Journal:
         with self._write() as con:
             con.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ? AND sent_at IS NULL",
                         (error, message_id))
+
+    def outbox_messages(self, limit: int | None = None) -> list[OutboxMessage]:
+        """Every outbox message, sent or not, oldest first (the newest ``limit``)."""
+        with self._lock:
+            rows = self._con.execute("SELECT * FROM outbox ORDER BY id DESC LIMIT ?",
+                                     (-1 if limit is None else limit,)).fetchall()
+        return [_outbox(r) for r in reversed(rows)]
+
+    # -- delivery to channels (notifiers) ---------------------------------------------------
+    def outbox_for_channel(self, channel: str, limit: int = 100) -> list[OutboxMessage]:
+        """Unsent messages this channel has not had yet, oldest first."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT * FROM outbox o WHERE sent_at IS NULL AND NOT EXISTS "
+                "(SELECT 1 FROM deliveries d WHERE d.outbox_id = o.id AND d.channel = ?) ORDER BY id LIMIT ?",
+                (channel, limit)).fetchall()
+        return [_outbox(r) for r in rows]
+
+    def outbox_delivered(self, ids: Iterable[int], channel: str, *, channels: Iterable[str], ref: str | None = None,
+                         error: str | None = None, now: float | None = None) -> int:
+        """Record that ``channel`` has these messages (or, with ``error``, refused them for
+        good); a message is marked sent once each of ``channels`` has it. One transaction;
+        returns how many deliveries are new (0: all were recorded before)."""
+        ids, channels = list(ids), sorted(set(channels) | {channel})
+        now = time.time() if now is None else now
+        marks = ",".join("?" * len(channels))
+        with self._write() as con:
+            new = 0
+            for oid in ids:
+                new += con.execute("INSERT OR IGNORE INTO deliveries (outbox_id, channel, delivered_at, ref, error) "
+                                   "VALUES (?, ?, ?, ?, ?)", (oid, channel, now, ref, error)).rowcount
+                have = con.execute(f"SELECT count(*) FROM deliveries WHERE outbox_id = ? AND channel IN ({marks})",
+                                   (oid, *channels)).fetchone()[0]
+                if have == len(channels):
+                    con.execute("UPDATE outbox SET sent_at = ?, attempts = attempts + 1 WHERE id = ? "
+                                "AND sent_at IS NULL", (now, oid))
+                if error is not None:
+                    con.execute("UPDATE outbox SET last_error = ? WHERE id = ?", (error, oid))
+                    self._audit(con, now, channel, "undeliverable", f"outbox #{oid}: {error}")
+        return new
+
+    def deliveries(self, channel: str | None = None) -> list[Delivery]:
+        """Deliveries in the order recorded (those of one channel, if given)."""
+        where, args = ("WHERE channel = ?", (channel,)) if channel is not None else ("", ())
+        with self._lock:
+            rows = self._con.execute(f"SELECT * FROM deliveries {where} ORDER BY rowid", args).fetchall()
+        return [Delivery(r["outbox_id"], r["channel"], r["delivered_at"], r["ref"], r["error"]) for r in rows]
+
+    # -- messages showing proposals (the Telegram cards) ------------------------------------
+    def add_proposal_message(self, proposal_id: int, chat_id: int, message_id: int, shown: str) -> None:
+        now = time.time()
+        with self._write() as con:
+            con.execute("INSERT OR REPLACE INTO proposal_messages (chat_id, message_id, proposal_id, shown, "
+                        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        (chat_id, message_id, proposal_id, shown, now, now))
+
+    def stale_proposal_messages(self, limit: int = 50) -> list[ProposalMessage]:
+        """Messages whose text shows another status than their proposal has now, oldest first."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT m.* FROM proposal_messages m JOIN proposals p ON p.id = m.proposal_id "
+                "WHERE m.shown != p.status ORDER BY m.updated_at LIMIT ?", (limit,)).fetchall()
+        return [_proposal_message(r) for r in rows]
+
+    def proposal_messages(self, proposal_id: int) -> list[ProposalMessage]:
+        with self._lock:
+            rows = self._con.execute("SELECT * FROM proposal_messages WHERE proposal_id = ? ORDER BY created_at",
+                                     (proposal_id,)).fetchall()
+        return [_proposal_message(r) for r in rows]
+
+    def set_proposal_message_shown(self, chat_id: int, message_id: int, shown: str) -> None:
+        with self._write() as con:
+            con.execute("UPDATE proposal_messages SET shown = ?, updated_at = ? WHERE chat_id = ? AND message_id = ?",
+                        (shown, time.time(), chat_id, message_id))
 
     # -- audit ------------------------------------------------------------------------------
     @staticmethod

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 import structlog
 
-_state: dict[str, Any] = {"run_id": None}
+_state: dict[str, Any] = {"run_id": None, "redact": None}
 _HANDLER_NAME = "smart-tuner"
 
 
@@ -30,6 +30,20 @@ def _add_run_id(logger: Any, method: str, event: dict[str, Any]) -> dict[str, An
     if _state["run_id"] is not None:
         event.setdefault("run_id", _state["run_id"])
     return event
+
+
+def add_redaction(redact: Callable[[str], str] | None) -> None:
+    """Mask a secret in every structlog event from now on (``agent.secrets.install_log_redaction``)."""
+    _state["redact"] = redact
+
+
+def _redact(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    redact = _state.get("redact")
+    if redact is None:
+        return event
+    if event.get("exc_info"):  # render the traceback now, so that its text is masked too
+        event = structlog.processors.format_exc_info(logger, method, event)
+    return {k: redact(v) if isinstance(v, str) else v for k, v in event.items()}
 
 
 def configure_logging(run_id: str, json: bool | None = None, *, stream: IO[str] | None = None,
@@ -61,7 +75,7 @@ def configure_logging(run_id: str, json: bool | None = None, *, stream: IO[str] 
         tail = [structlog.processors.StackInfoRenderer()]
 
     structlog.configure(
-        processors=[*shared, *tail, renderer],
+        processors=[*shared, *tail, _redact, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         context_class=dict,
@@ -76,7 +90,7 @@ def configure_logging(run_id: str, json: bool | None = None, *, stream: IO[str] 
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[_add_run_id, structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
                            structlog.processors.TimeStamper(fmt="iso", utc=True)],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail, _redact, renderer],
     ))
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:

@@ -17,6 +17,14 @@ MICRO_MODEL = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _no_real_telegram(monkeypatch):
+    """No test may start a bot that talks to api.telegram.org: a developer's token (in the
+    environment or in ./.env) is hidden; the Telegram tests use a stand-in on 127.0.0.1."""
+    monkeypatch.delenv("TELEGRAM_BOT_TOKEN", raising=False)
+    monkeypatch.setenv("SMART_TUNER_ENV_FILE", "")
+
+
 @pytest.fixture(scope="session")
 def espeak_dataset(tmp_path_factory) -> Path:
     """12 short real utterances spoken by espeak-ng (10 train, 2 val)."""
@@ -28,6 +36,19 @@ def espeak_dataset(tmp_path_factory) -> Path:
     build_espeak_dataset(out_dir=out, n=12, voice="en-us", sentences_file=None, max_chars=30, min_chars=12,
                          val_fraction=0.17, seed=7, rate=None, jobs=2)
     return out
+
+
+def wait_until(fn, seconds: float, what: str = "", every: float = 0.05):
+    """Call ``fn`` until it returns something truthy (returned), failing after ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what or fn}")
 
 
 def micro_config(dataset: Path, run_dir: Path, **overrides) -> RunConfig:

@@ -336,15 +336,19 @@ def test_child_echo_digest_and_ticks(tmp_path):
 
     out = io.StringIO()
     sups: list = []
-    rc = run_daemon(_quick_config(tmp_path), log=RecordingLog(), supervisor_factory=_factory(sups), echo_stream=out,
+    log = RecordingLog()
+    rc = run_daemon(_quick_config(tmp_path), log=log, supervisor_factory=_factory(sups), echo_stream=out,
                     child_command=[sys.executable, "-c",
                                    "import time\nfor i in range(3):\n print('line', i, flush=True); time.sleep(0.4)"])
     assert rc == 0
     assert "line 0\nline 1\nline 2\n" in out.getvalue()
     assert sups[0].ticks >= 2
     with Journal(journal_path(tmp_path / "run")) as j:
-        digests = [m for m in j.outbox_pending() if m.kind == "digest"]
+        digests = [m for m in j.outbox_messages() if m.kind == "digest"]
+        assert not j.outbox_pending()  # no token: the console notifier delivered them all
     assert digests and "phase:" in digests[0].text and "no training steps yet" in digests[0].text
+    notified = [kw["outbox_id"] for level, event, kw in log.events if event == "notification"]
+    assert sorted(notified) == sorted(set(notified)) and {m.id for m in digests} <= set(notified)
     written = yaml.safe_load(child_config_path(tmp_path / "run").read_text())
     assert written["supervisor"]["process"]["backoff_seconds"] == 0.05
     assert written["run_dir"] == str(tmp_path / "run")

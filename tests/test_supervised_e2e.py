@@ -17,7 +17,7 @@ from agent.daemon import run_daemon
 from agent.journal import Journal
 from agent.paths import journal_path
 
-from conftest import micro_config
+from conftest import micro_config, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {"tick_seconds": 0.3, "digest_minutes": 0, "probation": {"steps": 3, "evals": 1},
@@ -84,13 +84,7 @@ def test_ask_proposal_approved_through_the_cli_is_applied_once_and_survives_a_da
 
 
 def _wait(fn, seconds):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError("timed out")
+    return wait_until(fn, seconds, every=0.3)
 
 
 def _pending(run: Path):
