@@ -110,3 +110,18 @@ def test_a_round_cut_short_by_a_daemon_restart_resumes_the_run(tmp_path):
     assert [c.kind for c in journal.pending_commands()] == ["resume"]
     assert (run / "checkpoints" / "checkpoint_00000005.pt").read_bytes() == b"base"
     journal.close()
+
+
+def test_a_bad_tuner_section_stops_the_supervisor_at_start(tmp_path):
+    import pytest
+
+    from trainer.errors import UserError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    raw = RunConfig(run_dir=run).model_dump(mode="json")
+    raw["tuner"] = {"round": {"trails": 3}}
+    child_config_path(run).write_text(yaml.safe_dump(raw))
+    with Journal(run / "journal.sqlite") as journal:
+        with pytest.raises(UserError, match=r"tuner\.round\.trails"):
+            Supervisor(journal, SupervisorConfig())
