@@ -99,9 +99,12 @@ class AlignmentStallConfig(_Policy):
     min_gain: float = Field(0.02, ge=0)
     # Escalation, one step per firing: raise the guided-attention weight (x factor, or
     # to ``initial_guided_attention_weight`` when it is 0), then cut the LR, then ask.
-    initial_guided_attention_weight: float = Field(1.0, gt=0)
+    # The penalty is per decoder step (trainer/loss.py), at most 1; measured on tiny-cpu,
+    # weight 1-2 moved diagonality 0.30 -> 0.42 in 800 steps, weight 5 aligned in 150
+    # (docs/benchmarks.md). It is decayed to zero once aligned, so strong is cheap.
+    initial_guided_attention_weight: float = Field(5.0, gt=0)
     guided_attention_factor: float = Field(2.0, gt=1)
-    max_guided_attention_weight: float = Field(8.0, gt=0)
+    max_guided_attention_weight: float = Field(20.0, gt=0)
     lr_factor: float = Field(0.5, gt=0, lt=1)
 
 

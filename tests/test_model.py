@@ -11,6 +11,7 @@ from trainer.config import LossConfig, ModelConfig
 from trainer.data.dataset import Collate
 from trainer.loss import LossWeights, guided_attention_penalty, tacotron2_loss
 from trainer.metrics import alignment_scores, gate_balanced_accuracy
+from trainer.model.recurrent import _GradBank
 from trainer.model.tacotron2 import Tacotron2
 from trainer.text import symbols_for
 
@@ -55,9 +56,11 @@ def test_frames_per_step_trains_and_infers(r):
     assert inf.lengths.max() <= 7 * r
 
 
-@pytest.mark.parametrize("r", [1, 2])
-def test_deferred_lstm_weight_gradient_equals_per_step_lstmcell(r):
-    """The CPU decoder's one-GEMM weight gradient must equal nn.LSTMCell's per-step sum."""
+@pytest.mark.parametrize("r,block", [(1, 64), (1, 3), (2, 5)])
+def test_deferred_lstm_weight_gradient_equals_per_step_lstmcell(r, block, monkeypatch):
+    """The CPU decoder's blocked weight gradient must equal nn.LSTMCell's per-step sum
+    (block 64 holds the whole sequence; 3 and 5 fold it in several blocks)."""
+    monkeypatch.setattr(_GradBank, "BLOCK_STEPS", block)
     cfg = ModelConfig(**{**MICRO_MODEL, "n_frames_per_step": r, "p_attention_dropout": 0.0,
                          "p_decoder_dropout": 0.0, "prenet_dropout": 0.0})
     b = _batch(r)

@@ -363,7 +363,7 @@ def _aligning(diags=STALLED, ga: float = 0.0, hints=()):
 
 def test_stall_raises_guided_attention_first():
     [p] = run_rule("alignment_stall", "aligning", _aligning())
-    assert p.kind == "set_guided_attention" and p.actions == ({"kind": "set_guided_attention", "weight": 1.0},)
+    assert p.kind == "set_guided_attention" and p.actions == ({"kind": "set_guided_attention", "weight": 5.0},)
     assert p.aim == "diagonality" and p.evidence["gain"] == pytest.approx(0.015)
     assert p.evidence["diagonality_before"] == 0.30 and p.evidence["diagonality_best"] == 0.315
     [p] = run_rule("alignment_stall", "aligning", _aligning(ga=2.0))
@@ -383,7 +383,7 @@ def test_stall_then_cuts_the_lr_then_asks_a_human_naming_the_data_suspects():
 
 
 def test_stall_at_the_guided_attention_cap_goes_to_the_lr():
-    [p] = run_rule("alignment_stall", "aligning", _aligning(ga=8.0))
+    [p] = run_rule("alignment_stall", "aligning", _aligning(ga=20.0))
     assert p.kind == "set_lr"
 
 
