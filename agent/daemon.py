@@ -341,6 +341,20 @@ class Daemon:
         self.ready_seconds: float | None = None
         self._notifications: Any = None  # agent.notify: console and/or Telegram, draining the outbox
 
+    def _start_data_audit(self) -> None:
+        """Audit the data in the background so that the stall policy can name suspects."""
+        from agent.data_hints import collect_in_background
+
+        def deliver(hints: tuple[str, ...]) -> None:
+            if self.supervisor is not None and hasattr(self.supervisor, "data_hints"):
+                self.supervisor.data_hints = hints
+            self.log.info("data audit", hints=list(hints))
+
+        def failed(exc: BaseException) -> None:
+            self.log.warning("data audit failed; the stall policy will name no data suspects", error=str(exc))
+
+        collect_in_background(self.config, deliver, failed)
+
     # -- the whole life ---------------------------------------------------------------------
     def run(self) -> int:
         t0 = time.monotonic()
@@ -359,6 +373,7 @@ class Daemon:
                           phase=self._phase(), child_pid=self._run.proc.pid if self._run else None,
                           run_dir=str(self.run_dir))
             self._start_notifications()  # after "ready": the bot's imports take seconds, in its own thread
+            self._start_data_audit()
             return self._loop()
         finally:
             self._teardown()
