@@ -1115,6 +1115,19 @@ class Journal:
                     self._audit(con, now, channel, "undeliverable", f"outbox #{oid}: {error}")
         return new
 
+    def outbox_settle(self, channels: Iterable[str]) -> int:
+        """Mark sent the unsent messages that each of ``channels`` already has: when a chat
+        is removed from the config, what waited only for it is done. Returns how many."""
+        channels = sorted(set(channels))
+        if not channels:
+            return 0
+        marks = ",".join("?" * len(channels))
+        with self._write() as con:
+            return con.execute(
+                f"UPDATE outbox SET sent_at = ?, attempts = attempts + 1 WHERE sent_at IS NULL AND "
+                f"(SELECT count(*) FROM deliveries d WHERE d.outbox_id = outbox.id AND d.channel IN ({marks})) = ?",
+                (time.time(), *channels, len(channels))).rowcount
+
     def deliveries(self, channel: str | None = None) -> list[Delivery]:
         """Deliveries in the order recorded (those of one channel, if given)."""
         where, args = ("WHERE channel = ?", (channel,)) if channel is not None else ("", ())

@@ -83,15 +83,27 @@ def _clock(t: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t))
 
 
+def _single(m: "OutboxMessage", run_name: str) -> str:
+    lines = m.text.split("\n")
+    if len(lines) > 9:  # a crash quotes 20 lines of the trainer log: the last ones tell
+        lines = [lines[0], f"... ({len(lines) - 7} lines left out)", *lines[-6:]]
+    return clip(f"[{run_name}] " + "\n".join(lines), SINGLE_TEXT_LIMIT)
+
+
+def _item(m: "OutboxMessage") -> str:
+    """One notification as one line of a group: its first line (a digest: its figures)."""
+    first, *rest = m.text.split("\n")
+    if m.kind == "digest" and rest:
+        first = "digest: " + "; ".join(rest[:6])
+    return f"{'!! ' if is_urgent(m) else '- '}{_clock(m.created_at)} {clip(first, 300)}"
+
+
 def group_text(messages: list["OutboxMessage"], run_name: str, max_items: int) -> str:
     """Several notifications as one message; beyond ``max_items``, counted by kind."""
     if len(messages) == 1:
-        return clip(f"[{run_name}] {messages[0].text}", SINGLE_TEXT_LIMIT)
+        return _single(messages[0], run_name)
     span = f"{_clock(messages[0].created_at)} to {_clock(messages[-1].created_at)}"
-
-    def line(m: "OutboxMessage") -> str:
-        first = m.text.split("\n", 1)[0]
-        return f"{'!! ' if is_urgent(m) else '- '}{_clock(m.created_at)} {clip(first, 300)}"
+    line = _item
 
     if len(messages) <= max_items:
         return clip("\n".join([f"[{run_name}] {len(messages)} notifications, {span}", *map(line, messages)]))

@@ -106,6 +106,7 @@ class TelegramBot:
         self.dp.update.outer_middleware(self._gate)
         self.dp.include_router(self._router())
         channels = [telegram_channel(c) for c in cfg.allowed_chat_ids]
+        journal.outbox_settle(channels)  # rows that waited only for a chat no longer configured
         self.relays = [(chat, Relay(journal, telegram_channel(chat), channels, run_name=self.run_name,
                                     burst=cfg.burst_messages, per_minute=cfg.messages_per_minute,
                                     group_seconds=cfg.group_seconds, max_items=cfg.group_max_items))

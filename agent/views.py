@@ -110,7 +110,7 @@ def status_data(journal: "Journal", run_dir: str | Path, max_steps: int | None,
     ck = s.latest_checkpoint
     open_commands = journal.unacknowledged_commands()
     # Interventions: proposals someone (or "auto") approved, newest first.
-    recent = [p for p in journal.proposals(("approved", "applied", "failed"), RECENT_INTERVENTIONS)]
+    recent = journal.proposals(("approved", "applied", "failed"), RECENT_INTERVENTIONS)
     return {
         "run_dir": str(run_dir),
         "phase": s.phase,

@@ -175,6 +175,11 @@ def test_a_message_goes_out_once_every_channel_has_it(tmp_path):
         j.outbox_delivered([mid], chats[1], channels=chats, error="TelegramForbiddenError: bot was blocked")
         assert j.outbox_pending() == [] and j.outbox_messages()[0].last_error.startswith("TelegramForbidden")
         assert any(a.action == "undeliverable" for a in j.audit_log())
+        # The second chat leaves the config: what waited only for it is settled.
+        late = j.outbox_put("digest", "all well")
+        j.outbox_delivered([late], chats[0], channels=chats, ref="12")
+        assert [m.id for m in j.outbox_pending()] == [late]
+        assert j.outbox_settle(chats[:1]) == 1 and j.outbox_pending() == []
 
 
 def test_flood_gate():

@@ -30,6 +30,7 @@ from telegram_standin import BotApiStandIn
 TOKEN = "987654321:AAE2e-secret_token-part-for-tests"
 CHAT = USER = 5151
 OUTAGE_SECONDS = 5.0  # the issue's 30 s, shortened: the backoff here tops out at 1 s (the scenario is the same)
+MIN_STEPS = 6  # in each window, so that the medians mean something
 MEASURED: dict[str, float] = {}
 
 
@@ -126,10 +127,10 @@ def test_approve_button_rolls_back_the_nan_exactly_once(run):
 def test_outage_loses_nothing_sends_nothing_twice_and_training_keeps_its_speed(run):
     standin = run.standin
     t_a = time.time()
-    time.sleep(OUTAGE_SECONDS)
+    _train_for(run, t_a, OUTAGE_SECONDS)  # Telegram up
     t_b = time.time()
     standin.down()
-    time.sleep(OUTAGE_SECONDS)
+    _train_for(run, t_b, OUTAGE_SECONDS)  # Telegram down
     t_c = time.time()
     standin.up()
     with run.journal() as j:
@@ -152,14 +153,24 @@ def test_outage_loses_nothing_sends_nothing_twice_and_training_keeps_its_speed(r
     # Training speed: the trainer's own step time, before and during the outage.
     before = [s.step_seconds for s in steps if t_a <= s.wall_time < t_b]
     outage = [s.step_seconds for s in steps if t_b <= s.wall_time < t_c]
-    assert len(before) >= 5 and len(outage) >= 5
-    MEASURED.update(steps_before=len(before), steps_during_outage=len(outage),
+    assert len(before) >= MIN_STEPS and len(outage) >= MIN_STEPS
+    rate_before, rate_outage = len(before) / (t_b - t_a), len(outage) / (t_c - t_b)
+    MEASURED.update(outage_seconds=t_c - t_b, steps_per_s_before=rate_before, steps_per_s_outage=rate_outage,
                     median_step_s_before=statistics.median(before), median_step_s_outage=statistics.median(outage),
                     backlog_rows=len(backlog), backlog_messages=len({d.ref for d in backlog}))
     # Lenient bounds: the test machine is shared (other processes come and go on the same
-    # core); a trainer that waited on Telegram would show near-zero steps in the outage.
+    # core); a trainer that waited on Telegram would show (next to) no steps in the outage.
     assert statistics.median(outage) <= 1.5 * statistics.median(before)
-    assert len(outage) >= 0.5 * len(before)
+    assert rate_outage >= 0.5 * rate_before
+
+
+def _train_for(run: SupervisedRun, since: float, seconds: float) -> None:
+    """Wait ``seconds`` and at least MIN_STEPS steps written after ``since`` (a loaded machine trains slowly)."""
+    def enough():
+        with run.journal() as j:
+            return (time.time() - since >= seconds
+                    and sum(s.wall_time >= since for s in j.latest_steps(200)) >= MIN_STEPS + 1)
+    run.standin.wait_for(enough, 120, f"{MIN_STEPS} training steps")
 
 
 @pytest.mark.slow
@@ -200,11 +211,11 @@ def test_status_replies_with_the_numbers_in_the_journal(run):
 def test_plot_and_listen_send_pictures_and_sound(run):
     run.say("/plot")
     photos = run.standin.wait_for(lambda: len(run.standin.calls_of("sendPhoto")) >= 2 and
-                                  run.standin.calls_of("sendPhoto"), 120, "two photos")
+                                  run.standin.calls_of("sendPhoto"), 300, "two photos")
     assert all(p.files["photo"][1].startswith(b"\x89PNG") for p in photos)
     assert "alignment at step" in photos[0].fields["caption"]
     run.say("/listen")
-    (audio,) = run.standin.wait_for(lambda: run.standin.calls_of("sendAudio"), 180, "the audio")
+    (audio,) = run.standin.wait_for(lambda: run.standin.calls_of("sendAudio"), 300, "the audio")
     name, data = audio.files["audio"]
     assert name.endswith(".wav") and data[:4] == b"RIFF" and len(data) > 1000
     MEASURED.update(listen_wav_bytes=len(data))
