@@ -188,7 +188,8 @@ class Relay:
         return self.journal.outbox_delivered(out.ids, self.channel, channels=self.channels, ref=ref)
 
     def failed(self, out: Outgoing, error: str) -> None:
-        """A try that may succeed later (network, 5xx, 429): counted, the error kept."""
+        """A try that may succeed later (network, 5xx, 429): counted, the error kept (the
+        bot records the first failure of a series and every tenth)."""
         for oid in out.ids:
             self.journal.outbox_mark_failed(oid, f"{self.channel}: {error}")
 

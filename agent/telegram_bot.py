@@ -241,7 +241,9 @@ class TelegramBot:
                                        chat=chat, outbox_ids=out.ids, error=error)
                         await self._db(relay.undeliverable, out, error)
                         return 0.0
-                    await self._db(relay.failed, out, error)
+                    tries = attempt.retry_state.attempt_number
+                    if tries == 1 or tries % 10 == 0:  # the journal hears of an outage, not of every try
+                        await self._db(relay.failed, out, error)
                     raise
         assert out is not None
         await self._db(relay.delivered, out, ref)

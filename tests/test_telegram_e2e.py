@@ -103,6 +103,9 @@ def _card(run: SupervisedRun, kind: str) -> dict:
 @pytest.mark.slow
 def test_approve_button_rolls_back_the_nan_exactly_once(run):
     card = _card(run, "rollback")
+    # The bot (and its seconds of aiogram imports) starts after the daemon is ready.
+    MEASURED.update(daemon_ready_s=run.daemon.ready_seconds)
+    assert run.daemon.ready_seconds < 2.0
     approve = card["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
     pid = int(approve.split(":")[1])
     for _ in range(2):  # a double tap
