@@ -33,7 +33,7 @@ def _add_run_id(logger: Any, method: str, event: dict[str, Any]) -> dict[str, An
 
 
 def add_redaction(redact: Callable[[str], str] | None) -> None:
-    """Mask a secret in every structlog event from now on (``agent.secrets.install_log_redaction``)."""
+    """Mask a secret in every structlog event from now on (``agent.bot_token.install_log_redaction``)."""
     _state["redact"] = redact
 
 

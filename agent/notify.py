@@ -247,7 +247,7 @@ def start_notifications(cfg: "TelegramConfig", *, journal: "Journal", scheduler:
     """Start the outbox's consumers: the Telegram bot when ``TELEGRAM_BOT_TOKEN`` is set,
     the console when there is no token or no chat to notify. Never imports aiogram
     itself: the bot's thread does, after the daemon is ready."""
-    from agent.secrets import bot_token
+    from agent.bot_token import bot_token
 
     started = _Started()
     try:

@@ -17,7 +17,7 @@ never sees it. Three kinds of task share the loop:
 * **card upkeep**: a proposal's message is edited once its status changes, whoever
   decided it (a button, ``/approve``, the CLI, expiry), from ``proposal_messages``.
 
-Failures are logged through :class:`agent.secrets.Redactor`: the token is part of every
+Failures are logged through :class:`agent.bot_token.Redactor`: the token is part of every
 request URL and must not reach a log line or the journal.
 """
 
@@ -51,7 +51,7 @@ from agent.config import TelegramConfig
 from agent.journal import Journal, Proposal
 from agent.notify import Outgoing, Relay, clip, is_urgent, telegram_channel
 from agent.paths import journal_path
-from agent.secrets import Redactor
+from agent.bot_token import Redactor
 from agent.telegram_format import DECIDE_HINT, card_text, help_text, refusal_text
 
 HISTORY_LINES = 15

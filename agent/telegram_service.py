@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import TelegramConfig
-from agent.secrets import Redactor, install_log_redaction
+from agent.bot_token import Redactor, install_log_redaction
 
 RESTART_PAUSE_SECONDS = 10.0
 

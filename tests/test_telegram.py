@@ -23,7 +23,7 @@ from agent.config import SupervisorConfig, TelegramConfig
 from agent.journal import Journal
 from agent.notify import FloodGate, Relay, group_text, telegram_channel
 from agent.paths import journal_path
-from agent.secrets import ENV_FILE_ENV, TOKEN_ENV, Redactor, bot_token
+from agent.bot_token import ENV_FILE_ENV, TOKEN_ENV, Redactor, bot_token
 from agent.views import decide
 from trainer.control import CommandResult, EvalRecord, Rollback, SetGatePosWeight, SetLearningRate, StepTelemetry
 
