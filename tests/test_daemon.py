@@ -442,7 +442,7 @@ def test_fault_spec_parsing_and_journal_memory(tmp_path):
     assert injector.pending == [Fault(7, "lr_x100")]
 
 
-def _silent_child(tmp_path: Path, announce_stop: bool) -> list[str]:
+def _silent_child(tmp_path: Path, announce_stop: bool, sleep: float = 2.5) -> list[str]:
     script = tmp_path / "silent_child.py"
     script.write_text(textwrap.dedent(f"""
         import os, time
@@ -450,7 +450,7 @@ def _silent_child(tmp_path: Path, announce_stop: bool) -> list[str]:
         if {announce_stop!r}:
             with Journal({str(journal_path(tmp_path / "run"))!r}) as j:
                 j.set_state("child_status", {{"pid": os.getpid(), "status": "stopping", "reason": "max_steps"}})
-        time.sleep(2.5)
+        time.sleep({sleep!r})
     """))
     return [sys.executable, str(script)]
 
@@ -464,9 +464,12 @@ def test_silent_child_is_killed_as_hung_unless_its_loop_has_ended(tmp_path):
     assert [k for k, _ in sups[0].events] == ["started", "hung", "gave_up"]
     assert "no telemetry for" in sups[0].events[1][1]
 
+    # The announcing child needs time to import and write its status on a loaded machine:
+    # a longer hang limit, and silence well past it after the announcement.
     sups.clear()
+    cfg = _quick_config(tmp_path, hang_seconds=3.0, max_restarts=0)
     rc = run_daemon(cfg, log=RecordingLog(), supervisor_factory=_factory(sups), echo_child=False,
-                    startup_grace_seconds=0, child_command=_silent_child(tmp_path, announce_stop=True))
+                    startup_grace_seconds=0, child_command=_silent_child(tmp_path, announce_stop=True, sleep=6.0))
     assert rc == 0
     assert [k for k, _ in sups[0].events] == ["started", "finished"]
 
