@@ -912,6 +912,15 @@ class Journal:
                 "AND (duplicate IS NULL OR duplicate = 0) ORDER BY acked_at DESC, rowid DESC LIMIT 1").fetchone()
         return row is not None and row[0] == "pause"
 
+    def last_pause_or_resume_by_others(self, since: float, source: str) -> str | None:
+        """The kind ('pause' or 'resume') of the newest pause/resume enqueued after ``since``
+        by anyone but ``source`` (e.g. a user pausing during a tuning round), else None."""
+        with self._lock:
+            row = self._con.execute(
+                "SELECT kind FROM commands WHERE kind IN ('pause', 'resume') AND created_at > ? AND source != ? "
+                "ORDER BY created_at DESC, rowid DESC LIMIT 1", (since, source)).fetchone()
+        return row[0] if row is not None else None
+
     def unacknowledged_commands(self) -> list[CommandRow]:
         """Commands pending or delivered but not acknowledged, in the order enqueued."""
         with self._lock:

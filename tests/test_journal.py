@@ -509,3 +509,19 @@ def test_a_version_1_journal_gains_the_trials_table(path):
         assert not j.finish_trial(t.id, "failed")
         [row] = j.trials(round=3)
         assert row.status == "pruned" and row.baseline and row.params == {"learning_rate": 1e-3} and row.steps == 50
+
+
+def test_last_pause_or_resume_by_others_ignores_the_asking_source(tmp_path):
+    import time
+
+    from trainer.control import Pause, Resume
+
+    with Journal(tmp_path / "j.sqlite") as j:
+        t0 = time.time() - 1
+        j.enqueue_command(Pause(), source="tuner")
+        assert j.last_pause_or_resume_by_others(t0, "tuner") is None
+        j.enqueue_command(Pause(), source="cli")
+        assert j.last_pause_or_resume_by_others(t0, "tuner") == "pause"
+        j.enqueue_command(Resume(), source="telegram")
+        assert j.last_pause_or_resume_by_others(t0, "tuner") == "resume"
+        assert j.last_pause_or_resume_by_others(time.time() + 1, "tuner") is None

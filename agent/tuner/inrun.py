@@ -231,7 +231,9 @@ class InRunTuning:
             evidence["pareto_front"] = ", ".join(f"#{r.number} mel {r.score.mel:.4f} alignment {r.score.alignment:.4f}"
                                                  for r in summary.front)
         mode = self.approvals.mode_for("apply_winner")
-        actions = [ContinueFrom(path=winner.outcome.checkpoint), Resume()]
+        # A pause someone asked for during the round outlives it: adopt the winner, stay paused.
+        held = self.journal.last_pause_or_resume_by_others(st.get("started_at", 0.0), "tuner") == "pause"
+        actions = [ContinueFrom(path=winner.outcome.checkpoint)] + ([] if held else [Resume()])
         reason = (f"Tuning round #{st['round']}: trial {winner.number} ({what}) reached objective "
                   f"{winner.score.total:.4f}{versus} after {winner.outcome.progress} steps from step "
                   f"{st['base_step']}; {tally}. Continuing the run from its checkpoint.")
@@ -264,10 +266,18 @@ class InRunTuning:
         # steps the baseline trial trained with the current settings.
         if st.get("baseline_checkpoint"):
             self.journal.enqueue_command(ContinueFrom(path=st["baseline_checkpoint"]), source="tuner")
-        self.journal.enqueue_command(Resume(), source="tuner")
+        self._resume_unless_held(st)
         self._finish(st)
         return f"winner {p.status}; continuing with the current settings" + (
             " from the baseline trial" if st.get("baseline_checkpoint") else "")
+
+    def _resume_unless_held(self, st: dict[str, Any]) -> None:
+        """End the round's own pause, but not a pause someone else asked for meanwhile."""
+        if self.journal.last_pause_or_resume_by_others(st.get("started_at", 0.0), "tuner") == "pause":
+            self.notify("tuning", f"tuning round #{st['round']} is over; the run stays paused, as it was paused "
+                                  "during the round (resume it to continue)")
+            return
+        self.journal.enqueue_command(Resume(), source="tuner")
 
     def _finish(self, st: dict[str, Any]) -> None:
         st["stage"] = "done"
@@ -278,7 +288,7 @@ class InRunTuning:
         self.journal.fail_running_trials(why, round=round_id)
         self.journal.finish_proposal(round_id, "failed", step=step, detail=why)
         if resume:
-            self.journal.enqueue_command(Resume(), source="tuner")
+            self._resume_unless_held(st)
         self._finish(st)
         self.notify("tuning_failed", f"tuning round #{round_id} ended without a winner: {why}; the run continues "
                                      "with its current settings", urgent=False)
