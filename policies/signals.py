@@ -134,22 +134,37 @@ class Stall:
     best: float       # best diagonality among them
     latest: float
     n_evals: int
+    focus_before: float = math.nan
+    focus_best: float = math.nan
 
     @property
     def gain(self) -> float:
         return self.best - self.before
 
+    @property
+    def focus_gain(self) -> float:
+        return self.focus_best - self.focus_before
+
 
 def find_stall(evals: Sequence[EvalRecord], cfg: AlignmentStallConfig) -> Stall | None:
+    """Alignment makes no progress: neither diagonality nor focus gained ``min_gain``.
+
+    Both count because alignment has two halves: attention moves onto the diagonal
+    (diagonality), then sharpens on it (focus). A run at diagonality 0.97 whose focus
+    climbs 0.33 -> 0.42 is aligning, not stalled (seen on tiny-cpu, docs/benchmarks.md).
+    """
     if len(evals) < cfg.evals + 1:
         return None
     judged = evals[-cfg.evals:]
-    before = evals[-cfg.evals - 1].diagonality
-    best = max(e.diagonality for e in judged)
+    before, focus_before = evals[-cfg.evals - 1].diagonality, evals[-cfg.evals - 1].focus
+    best, focus_best = max(e.diagonality for e in judged), max(e.focus for e in judged)
     if not (math.isfinite(before) and math.isfinite(best)) or best - before >= cfg.min_gain:
         return None
+    if math.isfinite(focus_before) and math.isfinite(focus_best) and focus_best - focus_before >= cfg.min_gain:
+        return None
     return Stall(first_step=judged[0].step, last_step=judged[-1].step, before=before, best=best,
-                 latest=judged[-1].diagonality, n_evals=cfg.evals)
+                 latest=judged[-1].diagonality, n_evals=cfg.evals, focus_before=focus_before,
+                 focus_best=focus_best)
 
 
 def best_diagonality(evals: Sequence[EvalRecord], best_stable: float | None) -> float | None:

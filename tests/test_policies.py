@@ -387,6 +387,17 @@ def test_stall_at_the_guided_attention_cap_goes_to_the_lr():
     assert p.kind == "set_lr"
 
 
+def test_stall_quiet_while_focus_sharpens_on_a_flat_diagonal():
+    # Diagonality saturated near 0.97 while focus climbs: aligning, not stalled.
+    e = [ev(1000 * (i + 1), d, focus=f) for i, (d, f) in enumerate(zip([0.965, 0.97, 0.975, 0.979],
+                                                                        [0.30, 0.33, 0.37, 0.41]))]
+    w = Window(steps=steps(noisy(50), start=3951, ga=5.0), evals=e)
+    assert run_rule("alignment_stall", "aligning", w) == []
+    flat = [ev(1000 * (i + 1), d, focus=0.30) for i, d in enumerate([0.965, 0.97, 0.975, 0.979])]
+    [p] = run_rule("alignment_stall", "aligning", Window(steps=steps(noisy(50), start=3951, ga=5.0), evals=flat))
+    assert p.kind == "set_guided_attention" and "focus from 0.300 to at best 0.300" in p.reason
+
+
 def test_stall_quiet_while_improving_noisy_or_not():
     assert run_rule("alignment_stall", "aligning", _aligning([0.3, 0.33, 0.36, 0.40])) == []
     assert run_rule("alignment_stall", "aligning", _aligning([0.3, 0.28, 0.36, 0.33])) == []  # noisy, gained 0.06

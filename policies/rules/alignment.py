@@ -27,9 +27,11 @@ def alignment_stall(phase: Phase, window: Window, memory: Memory, cfg: PolicyCon
     evidence: dict[str, float | int | str] = {
         "diagonality_before": stall.before, "diagonality_best": stall.best, "diagonality": stall.latest,
         "gain": stall.gain, "min_gain": c.min_gain, "evals": stall.n_evals, "stage": memory.count(STALL),
+        "focus_before": stall.focus_before, "focus_best": stall.focus_best,
     }
-    seen = (f"Diagonality went from {stall.before:.3f} to at best {stall.best:.3f} over the last {stall.n_evals} "
-            f"evaluations (gain {stall.gain:.3f} < {c.min_gain})")
+    seen = (f"Diagonality went from {stall.before:.3f} to at best {stall.best:.3f} and focus from "
+            f"{stall.focus_before:.3f} to at best {stall.focus_best:.3f} over the last {stall.n_evals} "
+            f"evaluations (gains below {c.min_gain})")
     ga = window.guided_attention_weight
     stage = min(memory.count(STALL), 2)
     if stage == 0 and ga is not None and ga < c.max_guided_attention_weight:
