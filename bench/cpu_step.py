@@ -16,7 +16,7 @@ Settings (``--settings``):
 * ``default``  configs/default.yaml (NVIDIA's hparams), batch 8, r = 1
 * ``small``    default.yaml with embedding 128, encoder 128, attention and decoder RNN
                256, prenet 128, postnet 128 channels, r = 1, batch 16
-* ``tiny-cpu`` configs/tiny-cpu.yaml as it is (r = 2, batch 16, 6 s clip limit)
+* ``tiny-cpu`` configs/tiny-cpu.yaml as it is (r = 3, batch 16, 6 s clip limit)
 
 Data modes (``--modes``):
 
