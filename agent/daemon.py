@@ -59,6 +59,7 @@ from agent.child import STATUS_KEY as CHILD_STATUS_KEY
 from agent.config import SupervisorConfig
 from agent.journal import Journal, StatusSummary
 from agent.paths import child_config_path, journal_path, trainer_log_path
+from agent.procs import describe_exit, proc_alive
 from trainer.config import RunConfig
 from trainer.errors import UserError
 from trainer.fsutil import atomic_write
@@ -114,15 +115,6 @@ def default_supervisor(journal: Journal, cfg: SupervisorConfig, *, warmup_steps:
 
 
 # -- small helpers ------------------------------------------------------------------------------
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
 def _process_age() -> float | None:
     """Seconds since this process started (Linux /proc), for the readiness log."""
     try:
@@ -131,21 +123,6 @@ def _process_age() -> float | None:
         return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _proc_alive(pid: int) -> bool:
-    """Running (not gone, not a zombie awaiting its reaper)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return not Path("/proc").is_dir()  # no /proc: trust kill(0)
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def _proc_cmdline(pid: int) -> list[str]:
@@ -423,7 +400,7 @@ class Daemon:
                 return EXIT_OK
             tail = _tail_lines(self.log_path, LOG_TAIL_LINES, run.log_offset)
             if not run.hung:
-                self._event("crashed", f"{_describe_exit(code)} at step {run.max_step}; last lines of "
+                self._event("crashed", f"{describe_exit(code)} at step {run.max_step}; last lines of "
                             f"{self.log_path.name}:\n" + "\n".join(tail), exit=code, step=run.max_step,
                             log_tail=tail)
             if code == EXIT_USER_ERROR and not run.hung:
@@ -440,7 +417,7 @@ class Daemon:
             if self._stop.wait(delay):
                 self._event("stopped", f"daemon stopped by {self._stop_signal} while waiting to restart")
                 return EXIT_OK
-            why = "hang" if run.hung else _describe_exit(code)
+            why = "hang" if run.hung else describe_exit(code)
             self._launch(restart_detail=f"after {why}; {stalled} failure(s) without progress, backoff {delay:g} s")
 
     def _wait_child(self) -> int | None:
@@ -472,7 +449,7 @@ class Daemon:
                 self._catch_up(run)
             child_pid_path(self.run_dir).unlink(missing_ok=True)
         self._event("stopped", f"daemon stopped by {self._stop_signal}; trainer "
-                    f"{_describe_exit(code) if code is not None else 'not running'} at step "
+                    f"{describe_exit(code) if code is not None else 'not running'} at step "
                     f"{run.max_step if run else None}", exit=code)
         return EXIT_OK
 
@@ -580,7 +557,7 @@ class Daemon:
             path.unlink(missing_ok=True)
             return
         cmdline = _proc_cmdline(pid)
-        ours = _proc_alive(pid) and CHILD_MODULE in cmdline and str(self.config_path) in cmdline
+        ours = proc_alive(pid) and CHILD_MODULE in cmdline and str(self.config_path) in cmdline
         if ours:
             grace = self.proc_cfg.stop_grace_seconds
             self.log.warning("orphaned trainer found; stopping it", pid=pid, grace_seconds=grace)
@@ -606,7 +583,7 @@ class Daemon:
 
     def _wait_gone(self, pid: int, seconds: float) -> bool:
         deadline = time.monotonic() + seconds
-        while _proc_alive(pid):
+        while proc_alive(pid):
             if time.monotonic() >= deadline or self._kill_now.is_set():
                 return False
             time.sleep(0.1)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from agent.procs import proc_alive
 from agent.tuner.config import TunerConfig
 from agent.tuner.objective import Score, score
 from agent.tuner.space import clamp, suggest
@@ -91,20 +92,10 @@ def fail_stale_trials(study: Any) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get("host") != host or not isinstance(t.user_attrs.get("pid"), int):
             continue
-        if t.user_attrs["pid"] != os.getpid() and not _alive(t.user_attrs["pid"]):
+        if t.user_attrs["pid"] != os.getpid() and not proc_alive(t.user_attrs["pid"]):
             study.tell(t.number, state=TrialState.FAIL)
             failed.append(t.number)
     return failed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def enqueue_baseline(study: Any, values: dict[str, float], cfg: TunerConfig) -> None:

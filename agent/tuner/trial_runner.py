@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from agent.procs import describe_exit
 from agent.tuner.trial_child import EXIT_DONE, EXIT_PRUNED, EXIT_USER_ERROR, TrialSpec
 
 TRIAL_MODULE = "agent.tuner.trial_child"
@@ -40,15 +40,6 @@ class TrialOutcome:
     record: dict[str, Any] | None = None  # its last evaluation
     checkpoint: str | None = None  # its final checkpoint (complete trials only)
     start: dict[str, Any] = field(default_factory=dict)  # the child's start message (live values, extras)
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
@@ -142,7 +133,7 @@ def run_trial(spec: TrialSpec, folder: Path, *, on_report: Callable[[int, dict[s
         outcome.status = "pruned"
         outcome.detail = f"pruned after {outcome.progress} steps"
     else:
-        what = "a user error" if code == EXIT_USER_ERROR else _describe_exit(code)
+        what = "a user error" if code == EXIT_USER_ERROR else describe_exit(code)
         outcome.detail = f"trial process ended with {what} after {outcome.progress} steps; log tail:\n{_tail(log_path)}"
     return outcome
 
