@@ -115,6 +115,18 @@ def default_supervisor(journal: Journal, cfg: SupervisorConfig, *, warmup_steps:
 
 
 # -- small helpers ------------------------------------------------------------------------------
+def window_for_evaluations(cfg: SupervisorConfig, eval_every_steps: int) -> SupervisorConfig:
+    """Widen the policies' step window to span the evaluations the overfit rule compares.
+
+    It needs the training loss at the oldest of ``rising_evals + 1`` evaluations, i.e.
+    step records reaching back that many evaluation intervals (plus the median's
+    span); at NVIDIA's interval of 1000 steps the default 2000-step window never did.
+    """
+    o = cfg.policies.overfit
+    needed = (o.rising_evals + 1) * eval_every_steps + o.train_loss_steps
+    return cfg if cfg.window_steps >= needed else cfg.model_copy(update={"window_steps": needed})
+
+
 def _process_age() -> float | None:
     """Seconds since this process started (Linux /proc), for the readiness log."""
     try:
@@ -288,6 +300,7 @@ class Daemon:
             problems = "\n  ".join(f"supervisor.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                                    for e in exc.errors())
             raise UserError(f"invalid supervisor section in the config:\n  {problems}") from None
+        self.cfg = window_for_evaluations(self.cfg, config.eval.every_steps)
         self.config = config
         self.log = log
         self.run_dir = Path(config.run_dir)

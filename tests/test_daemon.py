@@ -512,3 +512,14 @@ def test_nan_batch_and_lr_faults_act_on_a_real_trainer(espeak_dataset, tmp_path)
     assert rec.steps[4].skipped_steps == 1
     assert rec.steps[4].lr == pytest.approx(rec.steps[3].lr * 100)
     assert injector.pending == [] and injector.fired == {("nan_batch", 2), ("lr_x100", 3)}
+
+
+def test_policy_window_spans_the_evaluations_the_overfit_rule_compares():
+    from agent.config import SupervisorConfig
+    from agent.daemon import window_for_evaluations
+
+    cfg = SupervisorConfig()
+    assert cfg.window_steps == 2000
+    # NVIDIA's interval: 4 evaluations of 1000 steps back, plus the 100-step median.
+    assert window_for_evaluations(cfg, 1000).window_steps == 4100
+    assert window_for_evaluations(cfg, 50).window_steps == 2000  # already wide enough
