@@ -51,7 +51,7 @@ def test_shipped_configs_load():
     default = load_config("default")
     assert default.model.n_frames_per_step == 1 and default.data.batch_size == 64
     tiny = load_config("tiny-cpu")
-    assert tiny.model.n_frames_per_step == 2 and tiny.model.encoder_embedding_dim == 128
+    assert tiny.model.n_frames_per_step == 3 and tiny.model.encoder_embedding_dim == 128
 
 
 def test_bad_filelist_line_is_named(espeak_dataset, tmp_path, capsys):
