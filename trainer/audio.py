@@ -157,9 +157,12 @@ def griffin_lim(
     phase = torch.rand(magnitude.shape, generator=generator) * (2 * np.pi)
     angles = torch.polar(torch.ones_like(magnitude), phase)
     previous = torch.zeros_like(angles)
+    # Reflection needs more samples than half a window; a mel of a few frames (a model
+    # whose gate fires at once) is padded with zeros instead.
+    pad_mode = "reflect" if length > config.filter_length // 2 else "constant"
     for _ in range(n_iter):
         audio = torch.istft(magnitude * angles, length=length, **stft_args)
-        rebuilt = torch.stft(audio, pad_mode="reflect", return_complex=True, **stft_args)
+        rebuilt = torch.stft(audio, pad_mode=pad_mode, return_complex=True, **stft_args)
         # Momentum step: push past the projection in the direction it moved.
         angles = rebuilt - (momentum / (1 + momentum)) * previous
         angles = angles / (angles.abs() + 1e-16)
