@@ -387,6 +387,14 @@ def test_stall_at_the_guided_attention_cap_goes_to_the_lr():
     assert p.kind == "set_lr"
 
 
+def test_stall_judges_diagonality_while_off_the_diagonal_even_if_focus_rises():
+    # Unaligned attention sharpening a little (focus 0.03 -> 0.15) is not alignment.
+    e = [ev(1000 * (i + 1), d, focus=f) for i, (d, f) in enumerate(zip([0.356, 0.363, 0.342, 0.305],
+                                                                        [0.025, 0.030, 0.050, 0.145]))]
+    [p] = run_rule("alignment_stall", "aligning", Window(steps=steps(noisy(50), start=3951), evals=e))
+    assert p.kind == "set_guided_attention"
+
+
 def test_stall_quiet_while_focus_sharpens_on_a_flat_diagonal():
     # Diagonality saturated near 0.97 while focus climbs: aligning, not stalled.
     e = [ev(1000 * (i + 1), d, focus=f) for i, (d, f) in enumerate(zip([0.965, 0.97, 0.975, 0.979],

@@ -18,7 +18,7 @@ COLLAPSE = "attention_collapse"
 def alignment_stall(phase: Phase, window: Window, memory: Memory, cfg: PolicyConfig) -> list[Proposal]:
     """Raise the guided-attention weight, then cut the LR, then ask a human."""
     c = cfg.alignment_stall
-    stall = find_stall(window.evals, c)
+    stall = find_stall(window.evals, c, cfg.aligned.diagonality)
     if stall is None or is_aligned(window.evals, cfg):
         return []
     # Judge only evaluations made after the last answer had a chance to act.
