@@ -62,8 +62,8 @@ def study_arm(args, name: str, tuner: dict) -> dict:
 
 def run_study_bench(args) -> list[dict]:
     common = {"report_every": args.report_every, "seed": args.seed, "tpe_startup_trials": args.tpe_startup}
-    tpe = study_arm(args, "tpe-pruned", {**common, "sampler": "tpe",
-                                         "pruner": {"kind": "median", "startup_trials": 1, "warmup_reports": 0}})
+    pruner = {"kind": "median", "startup_trials": args.pruner_startup, "warmup_reports": args.pruner_warmup}
+    tpe = study_arm(args, "tpe-pruned", {**common, "sampler": "tpe", "pruner": pruner})
     rnd = study_arm(args, "random", {**common, "sampler": "random", "pruner": {"kind": "none"}})
     target = max(tpe["best"], rnd["best"])
     for arm in (tpe, rnd):
@@ -132,6 +132,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--report-every", type=int, default=25)
     p.add_argument("--tpe-startup", type=int, default=3)
+    # The product's defaults (agent/tuner/config.py PrunerConfig); 1/0 prunes on one finished trial at once.
+    p.add_argument("--pruner-startup", type=int, default=2, help="median pruner: finished trials before pruning")
+    p.add_argument("--pruner-warmup", type=int, default=1, help="median pruner: reports before a trial may be pruned")
     p.add_argument("--total-steps", type=int, default=600)
     p.add_argument("--fork-at", type=int, default=200)
     p.add_argument("--round-trials", type=int, default=4)
