@@ -10,6 +10,7 @@ those short phrases. The daemon runs it in a background thread after the child i
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +53,12 @@ def collect_in_background(config: Any, deliver: Callable[[tuple[str, ...]], None
     """Audit in a daemon thread and hand the hints to ``deliver`` (never raises)."""
 
     def work() -> None:
+        try:
+            # Lowest CPU priority for this thread alone (Linux: a thread is a task): the audit
+            # reads every clip and must not slow the trainer's first steps.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
         try:
             deliver(audit_hints(config))
         except Exception as exc:  # a broken audit must not take the daemon down
