@@ -56,7 +56,7 @@ from trainer.control import (
     CheckpointRecord, Command, CommandResult, EvalRecord, StepTelemetry, parse_command,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 ProposalStatus = Literal["proposed", "approved", "rejected", "expired", "applied", "failed"]
 Decision = Literal["approved", "rejected", "expired"]
@@ -361,7 +361,14 @@ _V3 = [
         created_at REAL NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (chat_id, message_id))""",
     "CREATE INDEX proposal_messages_proposal ON proposal_messages(proposal_id)",
 ]
-MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2, 3: _V3}
+# Version 4: free-running evaluation (trainer/speech). The speech score and MCD-DTW get
+# columns of their own; probe_stop_rate stays in old rows but is no longer written (it
+# counted a stop at the first frame as good).
+_V4 = [
+    "ALTER TABLE evals ADD COLUMN speech_score REAL",
+    "ALTER TABLE evals ADD COLUMN mcd_dtw REAL",
+]
+MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 
 _STEP_COLUMNS = ("step", "wall_time", "epoch", "lr", "loss", "mel_loss", "mel_postnet_loss", "gate_loss",
                  "guided_attention_loss", "grad_norm", "grad_clip", "guided_attention_weight", "gate_pos_weight",
@@ -370,7 +377,7 @@ _INSERT_STEP = (f"INSERT INTO telemetry ({', '.join(_STEP_COLUMNS)}, record) "
                 f"VALUES ({', '.join('?' * (len(_STEP_COLUMNS) + 1))})")
 _EVAL_COLUMNS = ("step", "wall_time", "val_loss", "val_mel_loss", "val_mel_postnet_loss", "val_gate_loss",
                  "val_guided_attention_loss", "diagonality", "focus", "aligned_fraction", "gate_accuracy",
-                 "probe_stop_rate", "alignment_image")
+                 "alignment_image", "speech_score", "mcd_dtw")
 _INSERT_EVAL = (f"INSERT INTO evals ({', '.join(_EVAL_COLUMNS)}, record) "
                 f"VALUES ({', '.join('?' * (len(_EVAL_COLUMNS) + 1))})")
 

@@ -30,7 +30,7 @@ from agent.journal import Journal, Proposal as ProposalRow
 from agent.tuner.inrun import InRunTuning
 from policies import Memory, Phase, Proposal, Window, propose
 from policies.signals import is_aligned, is_collapsed, is_diverging, is_healthy, is_plateau, warmup_done
-from trainer.control import CheckpointRecord, Pause
+from trainer.control import CheckpointRecord, EvalRecord, Pause
 
 STATES = [p.value for p in Phase]
 _ACTIVE = ["warmup", "aligning", "stable", "recovering", "tuning"]
@@ -48,8 +48,17 @@ TRANSITIONS = [
     {"trigger": "tuning_done", "source": "tuning", "dest": "aligning"},
 ]
 # Aims judged on evaluations rather than steps; which direction is better.
-_EVAL_AIMS = {"diagonality", "gate_accuracy", "val_loss"}
-_HIGHER_IS_BETTER = {"diagonality", "gate_accuracy"}
+_EVAL_AIMS = {"diagonality", "gate_accuracy", "val_loss", "speech_score", "mcd_dtw", "stop_in_range"}
+_HIGHER_IS_BETTER = {"diagonality", "gate_accuracy", "speech_score", "stop_in_range"}
+
+
+def aim_value(e: EvalRecord, aim: str) -> float:
+    """An evaluation's figure for a probation aim (NaN: not measured at that evaluation)."""
+    if aim == "stop_in_range":
+        s = e.speech
+        return s.stopped / s.synthesized if s is not None and s.synthesized else math.nan
+    value = getattr(e, aim)
+    return math.nan if value is None else float(value)
 # Proposals that count as a recovery from divergence once applied.
 _RECOVERY_KINDS = {"rollback", "set_lr", "set_grad_clip", "pause"}
 
@@ -150,7 +159,8 @@ class Supervisor:
         elif self.state == "aligning" and is_aligned(evals, self.policy_cfg):
             e = evals[-1]
             self.memory = self.memory.with_stable_diagonality(e.diagonality)
-            self.aligned(reason=f"aligned: diagonality {e.diagonality:.3f}, focus {e.focus:.3f}", step=step)
+            read = f", inference attention read {e.speech.read} of {e.speech.synthesized}" if e.speech else ""
+            self.aligned(reason=f"aligned: diagonality {e.diagonality:.3f}, focus {e.focus:.3f}{read}", step=step)
             self._notify("aligned", f"attention aligned at step {step} (diagonality {e.diagonality:.3f})")
         elif self.state == "aligning" and self._approved("tune"):
             self.start_tuning(reason="tuning requested", step=step)
@@ -273,8 +283,8 @@ class Supervisor:
     def _verdict(self, row: ProposalRow, w: Window) -> tuple[bool, str] | None:
         aim = row.aim
         if aim in _EVAL_AIMS:
-            before = [getattr(e, aim) for e in w.evals if e.wall_time < row.applied_at]
-            after = [getattr(e, aim) for e in w.evals if e.wall_time >= row.applied_at]
+            before = [aim_value(e, aim) for e in w.evals if e.wall_time < row.applied_at]
+            after = [aim_value(e, aim) for e in w.evals if e.wall_time >= row.applied_at]
             if len(after) < self.cfg.probation.evals:
                 return None
             after = after[: self.cfg.probation.evals]

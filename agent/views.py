@@ -80,7 +80,7 @@ _STEP_FIELDS = ("loss", "mel_loss", "mel_postnet_loss", "gate_loss", "guided_att
                 "grad_clip", "lr", "guided_attention_weight", "gate_pos_weight", "step_seconds", "skipped_steps",
                 "finite")
 _EVAL_FIELDS = ("val_loss", "val_mel_loss", "val_mel_postnet_loss", "val_gate_loss", "val_guided_attention_loss",
-                "diagonality", "focus", "aligned_fraction", "gate_accuracy", "probe_stop_rate")
+                "diagonality", "focus", "aligned_fraction", "gate_accuracy", "speech_score", "mcd_dtw")
 RECENT_INTERVENTIONS = 3
 
 
@@ -122,8 +122,8 @@ def status_data(journal: "Journal", run_dir: str | Path, max_steps: int | None,
         "last_telemetry_at": step.wall_time if step else None,
         "last_telemetry_age_seconds": now - step.wall_time if step else None,
         "train": {k: getattr(step, k) for k in _STEP_FIELDS} if step else None,
-        "eval": ({"step": ev.step, "wall_time": ev.wall_time, **{k: getattr(ev, k) for k in _EVAL_FIELDS}}
-                 if ev else None),
+        "eval": ({"step": ev.step, "wall_time": ev.wall_time, **{k: getattr(ev, k) for k in _EVAL_FIELDS},
+                  "speech": ev.speech.model_dump() if ev.speech is not None else None} if ev else None),
         "steps_per_second": s.steps_per_second,
         "eta_seconds": eta,
         "checkpoint": ({"step": ck.step, "path": ck.path, "reason": ck.reason, "health": ck.health,
@@ -133,6 +133,19 @@ def status_data(journal: "Journal", run_dir: str | Path, max_steps: int | None,
                            "proposal_id": c.proposal_id, "created_at": c.created_at} for c in open_commands],
         "recent_interventions": [_intervention(p) for p in recent],
     }
+
+
+def speech_line(sp: dict[str, Any] | None) -> str:
+    """What the free-running evaluation heard, in one line (status, history, Telegram)."""
+    if sp is None:
+        return "- (no free-running evaluation: eval.speech is off, or the run predates it)"
+    if sp["score"] is None:
+        head = "no recordings to judge against"
+    else:
+        head = (f"{sp['spoken']} of {sp['utterances']} spoken ({sp['score']:.0%}), "
+                f"MCD-DTW {num(sp['mcd_dtw'], '.2f')} dB")
+    return (f"{head}; stop: {sp['stopped']} in range, {sp['premature']} early, {sp['runaway']} runaway; "
+            f"attention read {sp['read']} of {sp['synthesized']}; length x{num(sp['duration_ratio'], '.2f')}")
 
 
 def _intervention_line(i: dict[str, Any]) -> str:
@@ -172,8 +185,8 @@ def format_status(d: dict[str, Any], now: float | None = None, decide_hint: str 
         lines.append(f"eval      @ step {e['step']}: val loss {num(e['val_loss'])}  "
                      f"diagonality {num(e['diagonality'], '.3f')}  focus {num(e['focus'], '.3f')}  "
                      f"aligned {num(e['aligned_fraction'], '.0%')}")
-        lines.append(f"gate      accuracy {num(e['gate_accuracy'], '.3f')}  "
-                     f"probe stop rate {num(e['probe_stop_rate'], '.0%')}")
+        lines.append(f"gate      accuracy {num(e['gate_accuracy'], '.3f')} (teacher-forced)")
+        lines.append(f"speech    {speech_line(e.get('speech'))}")
     rate = d["steps_per_second"]
     speed = f"{num(rate, '.2f')} steps/s" if rate else "- steps/s"
     if d["eta_seconds"] is not None:
@@ -314,7 +327,8 @@ def queue_control(journal: "Journal", kind: Literal["pause", "resume", "stop"], 
 
 
 def history_events(journal: "Journal") -> list[dict[str, Any]]:
-    """Phase transitions, proposals (with their fate) and commands (with their acks), oldest first."""
+    """Evaluations' speech figures, phase transitions, proposals (with their fate) and commands
+    (with their acks), oldest first."""
     events: list[dict[str, Any]] = []
     for ph in journal.phase_history():
         events.append({"time": ph.wall_time, "type": "phase", "step": ph.step, "from": ph.from_phase,
@@ -331,7 +345,11 @@ def history_events(journal: "Journal") -> list[dict[str, Any]]:
                        "proposal_id": c.proposal_id, "status": c.status, "deliveries": c.deliveries,
                        "acked_at": c.acked_at, "ok": c.ok, "duplicate": c.duplicate, "detail": c.detail,
                        "ack_step": c.step})
-    order = {"phase": 0, "proposal": 1, "command": 2}
+    for ev in journal.latest_evals(100_000):
+        if ev.speech is not None:
+            events.append({"time": ev.wall_time, "type": "speech", "step": ev.step,
+                           "speech": ev.speech.model_dump()})
+    order = {"speech": 0, "phase": 1, "proposal": 2, "command": 3}
     events.sort(key=lambda e: (e["time"], order[e["type"]]))
     return events
 
@@ -342,6 +360,8 @@ def format_event(e: dict[str, Any]) -> str:
     if e["type"] == "phase":
         reason = f": {e['reason']}" if e["reason"] else ""
         return f"{when}  phase     {e['from'] or '(start)'} -> {e['to']}{at}{reason}"
+    if e["type"] == "speech":
+        return f"{when}  speech   {at}: {speech_line(e['speech'])}"
     if e["type"] == "proposal":
         fate = e["status"]
         if e["decided_by"]:

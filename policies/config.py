@@ -29,6 +29,10 @@ class AlignedConfig(_Section):
     focus: float = Field(0.5, gt=0, le=1)
     # Consecutive evaluations that must pass: one good evaluation can be luck.
     evals: int = Field(2, ge=1)
+    # With free-running evaluation: the share of synthesized utterances whose inference
+    # attention must read the text to its end (trainer/speech/attention.py). Teacher
+    # forcing alone showed diagonality 0.98 while inference skipped six tokens a step.
+    min_read: float = Field(0.5, ge=0, le=1)
 
 
 class RollbackConfig(_Section):
@@ -103,6 +107,12 @@ class AlignmentStallConfig(_Policy):
     # weight 1-2 moved diagonality 0.30 -> 0.42 in 800 steps, weight 5 aligned in 150
     # (docs/benchmarks.md). It is decayed to zero once aligned, so strong is cheap.
     initial_guided_attention_weight: float = Field(5.0, gt=0)
+    # Do not wait for a stall to turn guided attention on: when the run enters aligning
+    # with it off and the attention not aligned, turn it on at the first evaluation.
+    # Measured on tiny-cpu: without it attention did not align in 1,974 steps; with
+    # weight 5 it aligned within 150 (docs/benchmarks.md). Waiting ``evals`` flat
+    # evaluations first only costs time: it is decayed to zero once aligned anyway.
+    guide_from_start: bool = True
     guided_attention_factor: float = Field(2.0, gt=1)
     max_guided_attention_weight: float = Field(20.0, gt=0)
     lr_factor: float = Field(0.5, gt=0, lt=1)
@@ -130,16 +140,21 @@ class AttentionCollapseConfig(_Policy):
 
 
 class GateConfig(_Policy):
-    # Balanced gate accuracy (a never-firing gate scores 0.5) and the share of probe
-    # sentences whose free-running inference stopped by itself.
+    # Free-running evaluation tells the gate's two failures apart (policies.signals.
+    # find_gate_trouble): it misses the end of the text ("never stops": raise its
+    # positive weight) or fires early ("stops early": lower it). Either must hold for
+    # ``min_share`` of the synthesized utterances at ``evals`` evaluations in a row.
+    min_share: float = Field(0.5, gt=0, le=1)
+    # Without free-running figures: the teacher-forced balanced accuracy (a never-firing
+    # gate scores 0.5) below this at ``evals`` evaluations counts as "never stops".
     max_accuracy: float = Field(0.8, gt=0, le=1)
-    max_probe_stop_rate: float = Field(0.5, ge=0, le=1)
-    # Both low for this many consecutive evaluations.
     evals: int = Field(3, ge=1)
     factor: float = Field(2.0, gt=1)
     # One positive frame per utterance against hundreds of negatives: weights of
     # 5-20 are common; beyond the cap the gate needs a human, not more weight.
     max_pos_weight: float = Field(32.0, gt=0)
+    # Lowering stops here (1 = the positive frame weighs as much as any other).
+    min_pos_weight: float = Field(1.0, gt=0)
 
 
 class OverfitConfig(_Policy):
@@ -147,6 +162,9 @@ class OverfitConfig(_Policy):
     # ``min_rise`` (relative) in all, while the training loss fell.
     rising_evals: int = Field(3, ge=1)
     min_rise: float = Field(0.01, ge=0)
+    # With free-running evaluation the rule watches MCD-DTW instead (and a speech score
+    # that did not rise); it varies more between evaluations, hence a larger rise.
+    min_mcd_rise: float = Field(0.03, ge=0)
     # Training loss at an evaluation: median of the last ``train_loss_steps`` step
     # records up to it (without the guided-attention term, as for spikes); fewer than
     # ``min_train_records`` there and the rule stays quiet.
@@ -157,7 +175,8 @@ class OverfitConfig(_Policy):
 
 
 class PlateauConfig(_Policy):
-    # Plateau: the best validation loss of the newest ``evals`` evaluations improves
+    # Plateau: the best MCD-DTW (with free-running evaluation, and the speech score did
+    # not rise either; else the validation loss) of the newest ``evals`` evaluations improves
     # on the best before them by less than ``min_improvement`` (relative).
     evals: int = Field(5, ge=1)
     min_improvement: float = Field(0.01, ge=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import median
-from typing import Sequence
+from typing import Literal, Sequence
 
 from policies.config import (
     AlignedConfig, AlignmentStallConfig, AttentionCollapseConfig, GateConfig, GradRunawayConfig, LossSpikeConfig,
@@ -122,8 +122,21 @@ def find_grad_runaway(steps: Sequence[StepTelemetry], cfg: GradRunawayConfig) ->
 
 
 # -- alignment --------------------------------------------------------------------------
+def read_share(e: EvalRecord) -> float | None:
+    """Share of the free-running utterances whose inference attention read the text to
+    its end (None: the evaluation had no free-running part)."""
+    s = e.speech
+    return s.read / s.synthesized if s is not None and s.synthesized else None
+
+
 def eval_aligned(e: EvalRecord, cfg: AlignedConfig) -> bool:
-    return e.diagonality >= cfg.diagonality and e.focus >= cfg.focus
+    """Teacher-forced attention on the diagonal and sharp, *and* (when the evaluation
+    synthesized free-running) the inference attention reading the text: teacher forcing
+    can show a clean diagonal while inference skips half the words."""
+    if not (e.diagonality >= cfg.diagonality and e.focus >= cfg.focus):
+        return False
+    read = read_share(e)
+    return read is None or read >= cfg.min_read
 
 
 @dataclass(frozen=True)
@@ -136,6 +149,8 @@ class Stall:
     n_evals: int
     focus_before: float = math.nan
     focus_best: float = math.nan
+    read_before: float | None = None  # free-running read share, when measured
+    read_best: float | None = None
 
     @property
     def gain(self) -> float:
@@ -169,9 +184,16 @@ def find_stall(evals: Sequence[EvalRecord], cfg: AlignmentStallConfig, on_diagon
             return None
     elif best - before >= cfg.min_gain:
         return None
+    # More free-running utterances read to the end is progress too, whatever teacher
+    # forcing shows.
+    read_before = read_share(evals[-cfg.evals - 1])
+    reads = [r for r in map(read_share, judged) if r is not None]
+    read_best = max(reads) if reads else None
+    if read_before is not None and read_best is not None and read_best - read_before >= cfg.min_gain:
+        return None
     return Stall(first_step=judged[0].step, last_step=judged[-1].step, before=before, best=best,
                  latest=judged[-1].diagonality, n_evals=cfg.evals, focus_before=focus_before,
-                 focus_best=focus_best)
+                 focus_best=focus_best, read_before=read_before, read_best=read_best)
 
 
 def best_diagonality(evals: Sequence[EvalRecord], best_stable: float | None) -> float | None:
@@ -209,13 +231,45 @@ def find_collapse(evals: Sequence[EvalRecord], best: float | None, cfg: Attentio
 
 
 # -- gate -------------------------------------------------------------------------------
-def find_gate_stuck(evals: Sequence[EvalRecord], cfg: GateConfig) -> tuple[EvalRecord, ...] | None:
-    """The newest ``evals`` evaluations, if in all of them the gate was not learning."""
+@dataclass(frozen=True)
+class GateTrouble:
+    """What the stop gate does wrong in free-running inference, seen at ``evals`` evaluations.
+
+    ``never_stops``: the gate misses the end (fires past ``runaway_ratio`` x the true
+    length, or never) although the inference attention reached the end of the text;
+    utterances whose attention never got there are the alignment's trouble, not the
+    gate's. ``stops_early``: it fires before ``premature_ratio`` x the true length.
+    They need opposite answers: a higher positive weight makes the gate fire sooner, a
+    lower one later. Without free-running figures (``eval.speech`` off), a low
+    teacher-forced balanced accuracy counts as ``never_stops``, the likelier of the two.
+    """
+
+    kind: Literal["never_stops", "stops_early"]
+    evals: tuple[EvalRecord, ...]
+    share: float  # of the newest evaluation's synthesized utterances
+    free_running: bool
+
+
+def _gate_share(e: EvalRecord, kind: str) -> float | None:
+    s = e.speech
+    if s is None or not s.synthesized:
+        return None
+    return (s.gate_missed_end if kind == "never_stops" else s.premature) / s.synthesized
+
+
+def find_gate_trouble(evals: Sequence[EvalRecord], cfg: GateConfig) -> GateTrouble | None:
+    """The newest ``cfg.evals`` evaluations all show the same gate trouble."""
     if len(evals) < cfg.evals:
         return None
     judged = tuple(evals[-cfg.evals:])
-    if all(e.gate_accuracy < cfg.max_accuracy and e.probe_stop_rate < cfg.max_probe_stop_rate for e in judged):
-        return judged
+    if all(e.speech is not None for e in judged):
+        for kind in ("stops_early", "never_stops"):
+            shares = [_gate_share(e, kind) for e in judged]
+            if all(x is not None and x >= cfg.min_share for x in shares):
+                return GateTrouble(kind=kind, evals=judged, share=shares[-1], free_running=True)
+        return None
+    if all(e.gate_accuracy < cfg.max_accuracy for e in judged):
+        return GateTrouble(kind="never_stops", evals=judged, share=math.nan, free_running=False)
     return None
 
 
@@ -229,6 +283,7 @@ class Overfit:
     train_from: float     # training loss (median) at the first and the last evaluation
     train_to: float
     n_evals: int          # rising evaluations
+    metric: str = "val_loss"  # what rose: val_loss, or mcd_dtw with free-running figures
 
 
 def train_loss_at(steps: Sequence[StepTelemetry], step: int, n: int, min_records: int) -> float | None:
@@ -236,30 +291,49 @@ def train_loss_at(steps: Sequence[StepTelemetry], step: int, n: int, min_records
     return median(vals) if len(vals) >= min_records else None
 
 
+def _speech_evals(evals: Sequence[EvalRecord]) -> bool:
+    """Every evaluation has a measured MCD-DTW and speech score."""
+    return bool(evals) and all(e.mcd_dtw is not None and e.speech_score is not None for e in evals)
+
+
 def find_overfit(steps: Sequence[StepTelemetry], evals: Sequence[EvalRecord], cfg: OverfitConfig) -> Overfit | None:
+    """The held-out utterances get worse while the training loss falls.
+
+    With free-running figures: MCD-DTW rose at each of the newest ``rising_evals``
+    evaluations, by ``min_mcd_rise`` (relative) in all, and the speech score did not
+    rise. Without: the teacher-forced validation loss rose (by ``min_rise``).
+    """
     if len(evals) < cfg.rising_evals + 1:
         return None
     span = evals[-cfg.rising_evals - 1:]
-    vals = [e.val_loss for e in span]
+    speech = _speech_evals(span)
+    vals = [e.mcd_dtw if speech else e.val_loss for e in span]
     if not all(math.isfinite(v) for v in vals) or vals[0] <= 0:
         return None
-    if not all(b > a for a, b in zip(vals, vals[1:])) or vals[-1] < vals[0] * (1 + cfg.min_rise):
+    min_rise = cfg.min_mcd_rise if speech else cfg.min_rise
+    if not all(b > a for a, b in zip(vals, vals[1:])) or vals[-1] < vals[0] * (1 + min_rise):
         return None
+    if speech and span[-1].speech_score > span[0].speech_score:
+        return None  # more utterances spoken: not getting worse at speaking
     t0 = train_loss_at(steps, span[0].step, cfg.train_loss_steps, cfg.min_train_records)
     t1 = train_loss_at(steps, span[-1].step, cfg.train_loss_steps, cfg.min_train_records)
     if t0 is None or t1 is None or not t1 < t0:
         return None
     return Overfit(first_step=span[0].step, last_step=span[-1].step, val_from=vals[0], val_to=vals[-1],
-                   train_from=t0, train_to=t1, n_evals=cfg.rising_evals)
+                   train_from=t0, train_to=t1, n_evals=cfg.rising_evals,
+                   metric="mcd_dtw" if speech else "val_loss")
 
 
 @dataclass(frozen=True)
 class Plateau:
     first_step: int       # oldest of the judged evaluations
     last_step: int
-    best_before: float    # best validation loss before them
+    best_before: float    # best of the metric before them (lower is better)
     best_recent: float    # best among them
     n_evals: int
+    metric: str = "val_loss"  # or "mcd_dtw"
+    score_before: float | None = None  # best speech score before / among them (with mcd_dtw)
+    score_recent: float | None = None
 
     @property
     def improvement(self) -> float:
@@ -267,15 +341,34 @@ class Plateau:
 
 
 def find_plateau(evals: Sequence[EvalRecord], cfg: PlateauConfig) -> Plateau | None:
+    """No progress over the newest ``cfg.evals`` evaluations.
+
+    With free-running figures: neither the speech score rose above its earlier best
+    nor the best MCD-DTW improved by ``min_improvement``. Without: the teacher-forced
+    validation loss did not improve by ``min_improvement``.
+    """
     if len(evals) < cfg.evals + 1:
         return None
-    before = [e.val_loss for e in evals[:-cfg.evals] if math.isfinite(e.val_loss)]
     judged = evals[-cfg.evals:]
-    recent = [e.val_loss for e in judged]
+    earlier = evals[:-cfg.evals]
+    speech = _speech_evals(judged) and _speech_evals(earlier[-1:])
+    if speech:
+        earlier = [e for e in earlier if e.mcd_dtw is not None and e.speech_score is not None]
+
+    def metric(e: EvalRecord) -> float:
+        return e.mcd_dtw if speech else e.val_loss
+
+    before = [metric(e) for e in earlier if math.isfinite(metric(e))]
+    recent = [metric(e) for e in judged]
     if not before or not all(math.isfinite(v) for v in recent):
         return None
     p = Plateau(first_step=judged[0].step, last_step=judged[-1].step, best_before=min(before),
-                best_recent=min(recent), n_evals=cfg.evals)
+                best_recent=min(recent), n_evals=cfg.evals, metric="mcd_dtw" if speech else "val_loss")
+    if speech:
+        p = Plateau(**{**p.__dict__, "score_before": max(e.speech_score for e in earlier),
+                       "score_recent": max(e.speech_score for e in judged)})
+        if p.score_recent > p.score_before:
+            return None
     if p.best_before <= 0 or p.improvement >= cfg.min_improvement:
         return None
     return p

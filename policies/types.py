@@ -23,9 +23,12 @@ Kind = Literal["rollback", "set_lr", "set_grad_clip", "set_guided_attention", "s
                "early_stop", "tune", "ask_human"]
 
 # What an intervention should improve, for the supervisor's probation check:
-# loss, grad_norm (lower), diagonality, gate_accuracy (higher), val_loss (lower).
-AIMS = ("loss", "grad_norm", "diagonality", "gate_accuracy", "val_loss")
-Aim = Literal["loss", "grad_norm", "diagonality", "gate_accuracy", "val_loss"]
+# loss, grad_norm (lower), diagonality, gate_accuracy (higher), val_loss (lower),
+# and from the free-running evaluation: speech_score (higher), mcd_dtw (lower),
+# stop_in_range (higher: the share of utterances whose gate fired in range).
+AIMS = ("loss", "grad_norm", "diagonality", "gate_accuracy", "val_loss", "speech_score", "mcd_dtw", "stop_in_range")
+Aim = Literal["loss", "grad_norm", "diagonality", "gate_accuracy", "val_loss", "speech_score", "mcd_dtw",
+              "stop_in_range"]
 
 SEVERITIES = ("critical", "high", "medium", "low")
 Severity = Literal["critical", "high", "medium", "low"]

@@ -18,7 +18,8 @@ from agent.cli import main
 from agent.journal import Journal
 from agent.paths import child_config_path, journal_path
 from trainer.control import (
-    CheckpointRecord, CommandResult, EvalRecord, Rollback, SetGatePosWeight, SetLearningRate, StepTelemetry,
+    CheckpointRecord, CommandResult, EvalRecord, Rollback, SetGatePosWeight, SetLearningRate, SpeechSummary,
+    StepTelemetry,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +37,7 @@ def step(n: int, wall_time: float, **kw) -> StepTelemetry:
 def evaluation(n: int, wall_time: float, **kw) -> EvalRecord:
     values = dict(step=n, wall_time=wall_time, val_loss=1.5, val_mel_loss=0.7, val_mel_postnet_loss=0.6,
                   val_gate_loss=0.2, val_guided_attention_loss=0.0, diagonality=0.5, focus=0.5, aligned_fraction=0.5,
-                  gate_accuracy=0.5, probe_stop_rate=0.5)
+                  gate_accuracy=0.5)
     values.update(kw)
     return EvalRecord(**values)
 
@@ -53,7 +54,10 @@ def run(tmp_path) -> Path:
         j.add_steps([step(20, t0 + 10.0, loss=1.8125, mel_loss=0.9375, mel_postnet_loss=0.8125, gate_loss=0.0625,
                           guided_attention_loss=0.03125, lr=0.00025)])
         j.add_eval(evaluation(20, t0 + 10.5, val_loss=2.0625, diagonality=0.4375, focus=0.3125,
-                              gate_accuracy=0.8125, probe_stop_rate=0.5))
+                              gate_accuracy=0.8125, speech_score=0.25, mcd_dtw=2.4375,
+                              speech=SpeechSummary(synthesized=10, utterances=8, spoken=2, score=0.25, mcd_dtw=2.4375,
+                                                   stopped=6, premature=1, runaway=3, gate_missed_end=1, read=7,
+                                                   gate_fired=8, duration_ratio=1.125, seconds=1.5)))
         j.add_checkpoint(CheckpointRecord(step=20, path=str(run_dir / "checkpoints" / "checkpoint_20.pt"),
                                           wall_time=t0 + 11, reason="periodic", val_loss=2.0625, diagonality=0.4375))
         j.record_phase("aligning", step=20, reason="warm-up over", now=t0 + 12)
@@ -80,7 +84,8 @@ def test_status_shows_the_journal(run, capsys):
     assert "step      20 / 120" in out
     for number in ("1.8125", "0.9375", "0.8125", "0.0625", "0.0312",  # train loss and its parts
                    "2.0625",  # val loss
-                   "diagonality 0.438", "focus 0.312", "accuracy 0.812", "probe stop rate 50%", "lr 0.00025",
+                   "diagonality 0.438", "focus 0.312", "accuracy 0.812", "lr 0.00025",
+                   "2 of 8 spoken (25%), MCD-DTW 2.44 dB", "6 in range, 1 early, 3 runaway", "read 7 of 10",
                    "2.00 steps/s", "ETA 50s"):  # (120 - 20) steps at 2 steps/s
         assert number in out, (number, out)
     assert "step 20 (periodic, good)" in out and "checkpoint_20.pt" in out
@@ -210,8 +215,10 @@ def test_history_in_time_order(run, capsys):
     assert main(["history", "--run-dir", str(run)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     kinds = [line.split()[2] for line in lines]
-    assert kinds == ["phase", "phase", "proposal", "proposal", "command", "command", "command"], lines
+    assert kinds == ["phase", "speech", "phase", "proposal", "proposal", "command", "command", "command"], lines
     assert "(start) -> warmup at step 0: start" in lines[0]
+    assert "at step 20: 2 of 8 spoken (25%), MCD-DTW 2.44 dB" in lines[1]  # the evaluation's free-running figures
+    del lines[1]
     assert "warmup -> aligning at step 20: warm-up over" in lines[1]
     assert ("#1 alignment_stall/set_guided_attention (ask) at step 20: diagonality flat for 3 evals "
             "[set_lr factor=0.5; rollback step=20 skip_batches=4] -> approved by telegram:alice") in lines[2]

@@ -35,7 +35,7 @@ def step_record(step: int, **overrides) -> StepTelemetry:
 def eval_record(step: int, **overrides) -> EvalRecord:
     values = dict(step=step, wall_time=2000.0 + step, val_loss=1.0, val_mel_loss=0.5, val_mel_postnet_loss=0.4,
                   val_gate_loss=0.1, val_guided_attention_loss=0.0, diagonality=0.3, focus=0.4,
-                  aligned_fraction=0.1, gate_accuracy=0.9, probe_stop_rate=0.0)
+                  aligned_fraction=0.1, gate_accuracy=0.9)
     values.update(overrides)
     return EvalRecord(**values)
 

@@ -17,7 +17,7 @@ import policies
 from policies import Memory, Phase, PolicyConfig, Proposal, Window, propose
 from policies.rules import RULES
 from policies.table import URGENCY
-from trainer.control import CheckpointRecord, EvalRecord, StepTelemetry
+from trainer.control import SpeechSummary, CheckpointRecord, EvalRecord, StepTelemetry
 
 NAN = float("nan")
 CFG = PolicyConfig()
@@ -39,12 +39,23 @@ def steps(losses, start: int = 1, grads=None, **kw) -> list[StepTelemetry]:
             for i, (l, gn) in enumerate(zip(losses, grads))]
 
 
+def sp(synthesized: int = 10, *, utterances: int = 8, spoken: int = 0, mcd: float = 4.0, stopped: int | None = None,
+       premature: int = 0, runaway: int = 0, missed_end: int = 0, read: int | None = None) -> SpeechSummary:
+    """A free-running summary; by default every utterance stops in range and is read, none is spoken."""
+    stopped = synthesized - premature - runaway if stopped is None else stopped
+    return SpeechSummary(synthesized=synthesized, utterances=utterances, spoken=spoken, score=spoken / utterances,
+                         mcd_dtw=mcd, stopped=stopped, premature=premature, runaway=runaway,
+                         gate_missed_end=missed_end, read=synthesized if read is None else read,
+                         gate_fired=synthesized - runaway, duration_ratio=1.0, seconds=1.0)
+
+
 def ev(n: int, diagonality: float = 0.95, *, focus: float = 0.7, val_loss: float = 0.5, gate_accuracy: float = 0.95,
-       probe_stop_rate: float = 1.0) -> EvalRecord:
+       speech: SpeechSummary | None = None) -> EvalRecord:
     return EvalRecord(step=n, wall_time=1000.0 + n, val_loss=val_loss, val_mel_loss=val_loss * 0.45,
                       val_mel_postnet_loss=val_loss * 0.45, val_gate_loss=val_loss * 0.1, val_guided_attention_loss=0.0,
                       diagonality=diagonality, focus=focus, aligned_fraction=1.0, gate_accuracy=gate_accuracy,
-                      probe_stop_rate=probe_stop_rate)
+                      speech=speech, speech_score=speech.score if speech else None,
+                      mcd_dtw=speech.mcd_dtw if speech else None)
 
 
 def evals(diags=None, *, vals=None, every: int = 1000, start: int = 1000, **kw) -> list[EvalRecord]:
@@ -515,12 +526,12 @@ def test_collapse_quiet_on_small_wobbles():
 
 
 # -- gate -----------------------------------------------------------------------------
-def _gate(acc=(0.6, 0.62, 0.65), probe=(0.0, 0.0, 0.0), pw: float = 5.0):
-    es = [ev(1000 * (i + 1), 0.5, gate_accuracy=a, probe_stop_rate=s) for i, (a, s) in enumerate(zip(acc, probe))]
+def _gate(acc=(0.6, 0.62, 0.65), speech=(None, None, None), pw: float = 5.0):
+    es = [ev(1000 * (i + 1), 0.5, gate_accuracy=a, speech=s) for i, (a, s) in enumerate(zip(acc, speech))]
     return Window(steps=steps(noisy(20), start=len(es) * 1000 - 19, gate_pw=pw), evals=es)
 
 
-def test_gate_not_learning_doubles_the_positive_weight():
+def test_gate_without_free_running_figures_raises_the_positive_weight_on_low_accuracy():
     [p] = run_rule("gate", "aligning", _gate())
     assert p.kind == "set_gate_pos_weight" and p.actions == ({"kind": "set_gate_pos_weight", "value": 10.0},)
     assert p.aim == "gate_accuracy" and p.evidence["gate_accuracy"] == 0.65
@@ -530,10 +541,41 @@ def test_gate_not_learning_doubles_the_positive_weight():
     assert p.kind == "ask_human" and p.actions == ()
 
 
+def test_gate_that_never_stops_gets_a_higher_positive_weight():
+    never = [sp(runaway=7, missed_end=6)] * 3
+    [p] = run_rule("gate", "stable", _gate(acc=(0.9, 0.9, 0.9), speech=never))
+    assert p.actions == ({"kind": "set_gate_pos_weight", "value": 10.0},)
+    assert p.evidence["trouble"] == "never_stops" and p.aim == "stop_in_range"
+    assert "missed the end" in p.reason and "raising" in p.reason
+
+
+def test_gate_that_stops_early_gets_a_lower_positive_weight():
+    """The demo's failure: the gate fired at the first decoder step. Today's teacher-forced
+    accuracy and a stop rate that counts any stop as good would raise the weight (worse)."""
+    early = [sp(premature=9)] * 3
+    [p] = run_rule("gate", "aligning", _gate(acc=(0.5, 0.5, 0.5), speech=early))
+    assert p.actions == ({"kind": "set_gate_pos_weight", "value": 2.5},)
+    assert p.evidence["trouble"] == "stops_early" and "lowering" in p.reason
+    [p] = run_rule("gate", "aligning", _gate(speech=early, pw=1.5))
+    assert p.actions == ({"kind": "set_gate_pos_weight", "value": 1.0},)  # not below the floor
+    [p] = run_rule("gate", "aligning", _gate(speech=early, pw=1.0))
+    assert p.kind == "ask_human" and "floor" in p.reason
+
+
+def test_gate_quiet_when_the_attention_never_reached_the_end():
+    """A runaway whose attention never got to the end of the text is the alignment's
+    trouble: more gate weight would only cut it short."""
+    lost = [sp(runaway=9, missed_end=0, read=0)] * 3
+    assert run_rule("gate", "aligning", _gate(speech=lost)) == []
+
+
 def test_gate_quiet_when_learning_or_too_early():
-    assert run_rule("gate", "stable", _gate(probe=(0.0, 0.5, 1.0))) == []
+    fine = [sp(), sp(), sp()]
+    assert run_rule("gate", "stable", _gate(speech=fine)) == []  # low accuracy, but it stops in range free-running
+    mixed = [sp(premature=9), sp(runaway=7, missed_end=7), sp(premature=9)]
+    assert run_rule("gate", "stable", _gate(speech=mixed)) == []  # no single trouble three times running
     assert run_rule("gate", "stable", _gate(acc=(0.6, 0.85, 0.6))) == []
-    assert run_rule("gate", "stable", _gate(acc=(0.6, 0.6), probe=(0.0, 0.0))) == []
+    assert run_rule("gate", "stable", _gate(acc=(0.6, 0.6))) == []
     assert run_rule("gate", "stable", _gate(), Memory(last_step={"gate": 1000})) == []  # wait for 3 new ones
     assert only(propose("warmup", _gate()), "gate") == [] and only(propose("aligning", _gate()), "gate")
 
@@ -551,11 +593,29 @@ def _overfit(vals=(0.50, 0.51, 0.52, 0.53), train_from: float = 0.8, train_to: f
 def test_overfit_cuts_the_lr_then_proposes_an_early_stop():
     [p] = run_rule("overfit", "stable", _overfit())
     assert p.kind == "set_lr" and p.actions == ({"kind": "set_lr", "factor": 0.5},) and p.aim == "val_loss"
-    assert p.evidence["val_loss_from"] == 0.5 and p.evidence["val_loss"] == 0.53
+    assert p.evidence["metric"] == "val_loss" and p.evidence["from"] == 0.5 and p.evidence["to"] == 0.53
     assert p.evidence["train_loss"] < p.evidence["train_loss_from"]
     [p] = run_rule("overfit", "stable", _overfit(), Memory(fired={"overfit": 1}))
-    assert p.kind == "early_stop" and p.actions == ({"kind": "stop"},)
-    assert p.evidence["best_checkpoint_step"] == 1000 and "1000" in p.reason
+    assert p.kind == "early_stop" and p.actions == ({"kind": "stop"},) and "best.pt" in p.reason
+
+
+def _speech_overfit(mcds=(2.0, 2.1, 2.2, 2.3), scores=(4, 4, 4, 3), vals=(0.50, 0.49, 0.48, 0.47)):
+    w = _overfit(vals=vals)
+    es = [ev(e.step, val_loss=e.val_loss, speech=sp(mcd=m, spoken=k)) for e, m, k in zip(w.evals, mcds, scores)]
+    return Window(steps=w.steps, evals=es)
+
+
+def test_overfit_with_free_running_figures_watches_mcd_not_the_validation_loss():
+    """The teacher-forced validation loss keeps falling while what the model says gets
+    worse: the rule follows the speech."""
+    [p] = run_rule("overfit", "stable", _speech_overfit())
+    assert p.evidence["metric"] == "mcd_dtw" and p.aim == "mcd_dtw" and "MCD-DTW" in p.reason
+    assert p.evidence["from"] == 2.0 and p.evidence["to"] == 2.3
+    # A falling MCD-DTW with a rising validation loss is not overfitting any more.
+    assert run_rule("overfit", "stable", _speech_overfit(mcds=(2.3, 2.2, 2.1, 2.0), vals=(0.5, 0.51, 0.52, 0.53))) == []
+    # More utterances spoken: the model is getting better at speaking, whatever MCD-DTW does.
+    assert run_rule("overfit", "stable", _speech_overfit(scores=(3, 3, 4, 5))) == []
+    assert run_rule("overfit", "stable", _speech_overfit(mcds=(2.0, 2.01, 2.02, 2.03))) == []  # < 3 %
 
 
 def test_overfit_quiet_unless_val_rises_steadily_while_train_falls():
@@ -580,6 +640,24 @@ def test_plateau_proposes_tuning():
     assert policies.is_plateau(w.evals, CFG)
     assert run_rule("plateau", "stable", w, Memory(last_step={"plateau": 5000})) == []
     assert only(propose("aligning", w), "plateau") == []
+
+
+def _speech_plateau(mcds, scores, vals=None):
+    vals = vals or [1.0 - 0.05 * i for i in range(len(mcds))]  # teacher-forced loss still falling
+    es = [ev(1000 * (i + 1), val_loss=v, speech=sp(mcd=m, spoken=k))
+          for i, (m, k, v) in enumerate(zip(mcds, scores, vals))]
+    return Window(steps=steps(noisy(20), start=len(es) * 1000 - 19), evals=es)
+
+
+def test_plateau_with_free_running_figures_follows_speech():
+    flat = _speech_plateau([3.0, 2.5, 2.2, 2.21, 2.2, 2.205, 2.199, 2.2], [0, 1, 2, 2, 2, 2, 2, 2])
+    [p] = run_rule("plateau", "stable", flat)  # although the validation loss still falls 5 % an evaluation
+    assert p.evidence["metric"] == "mcd_dtw" and p.aim == "mcd_dtw" and "spoken" in p.reason
+    # One more utterance spoken in the window is progress, however flat MCD-DTW is.
+    speaking = _speech_plateau([3.0, 2.5, 2.2, 2.21, 2.2, 2.205, 2.199, 2.2], [0, 1, 2, 2, 2, 3, 2, 2])
+    assert run_rule("plateau", "stable", speaking) == []
+    improving = _speech_plateau([3.0, 2.8, 2.6, 2.5, 2.4, 2.3, 2.2, 2.1], [0] * 8)
+    assert run_rule("plateau", "stable", improving) == []
 
 
 def test_plateau_quiet_while_improving_or_overfitting():

@@ -31,7 +31,7 @@ def _trouble_everywhere() -> Window:
     st = steps(losses, start=7701, grads=grads, ga=1.0, gate_pw=5.0)
     diags = [0.30, 0.31, 0.30, 0.315, 0.95, 0.96, 0.96, 0.70]
     vals = PLATEAU
-    es = [ev(1000 * (i + 1), d, val_loss=v, gate_accuracy=0.6, probe_stop_rate=0.0, focus=0.3 if d < 0.9 else 0.7)
+    es = [ev(1000 * (i + 1), d, val_loss=v, gate_accuracy=0.6, focus=0.3 if d < 0.9 else 0.7)
           for i, (d, v) in enumerate(zip(diags, vals))]
     return Window(steps=st, evals=es, checkpoints=[ckpt(4000), ckpt(5000, diagonality=0.96), ckpt(7600)],
                   data_hints=("long clips",))

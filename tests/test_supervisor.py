@@ -26,8 +26,7 @@ def step(n: int, loss: float = 1.0, finite: bool = True, t: float | None = None)
 def evaluation(n: int, diagonality: float, focus: float, val_loss: float = 1.0) -> EvalRecord:
     return EvalRecord(step=n, wall_time=time.time(), val_loss=val_loss, val_mel_loss=val_loss / 2,
                       val_mel_postnet_loss=val_loss / 2, val_gate_loss=0.1, val_guided_attention_loss=0.0,
-                      diagonality=diagonality, focus=focus, aligned_fraction=0.0, gate_accuracy=0.9,
-                      probe_stop_rate=1.0)
+                      diagonality=diagonality, focus=focus, aligned_fraction=0.0, gate_accuracy=0.9)
 
 
 def cfg(**approval_modes) -> SupervisorConfig:

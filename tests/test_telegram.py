@@ -301,7 +301,7 @@ def test_status_history_and_pause_reply_from_the_journal(run_dir, standin, start
         j.add_steps(steps)
         j.add_eval(EvalRecord(step=20, wall_time=t0 + 20, val_loss=2.0625, val_mel_loss=0.7, val_mel_postnet_loss=0.6,
                               val_gate_loss=0.2, val_guided_attention_loss=0.0, diagonality=0.4375, focus=0.3125,
-                              aligned_fraction=0.5, gate_accuracy=0.8125, probe_stop_rate=0.5))
+                              aligned_fraction=0.5, gate_accuracy=0.8125))
         j.record_phase("aligning", step=20, reason="warm-up over")
         start_bot()
         standin.inject_message(CHAT, USER, "/status")

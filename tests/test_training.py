@@ -29,8 +29,14 @@ def test_loss_falls_on_real_audio(espeak_dataset, tmp_path):
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
     assert port.evals and port.evals[-1].val_loss < port.evals[-1].val_loss * 10  # evaluated, finite
     assert math.isfinite(port.evals[-1].val_loss)
-    assert 0.0 <= port.evals[-1].diagonality <= 1.0 and 0.0 <= port.evals[-1].probe_stop_rate <= 1.0
+    assert 0.0 <= port.evals[-1].diagonality <= 1.0
     assert Path(port.evals[-1].alignment_image).is_file()
+    speech = port.evals[-1].speech  # the free-running pass: 2 validation clips and a probe
+    assert speech is not None and speech.synthesized == 3 and speech.utterances == 2
+    assert port.evals[-1].speech_score == speech.score and 0.0 <= speech.score <= 1.0
+    assert speech.stopped + speech.premature + speech.runaway == 3
+    assert Path(port.evals[-1].speech_image).is_file() and Path(port.evals[-1].speech_details).is_file()
+    assert [Path(p).suffix for p in port.evals[-1].speech_audio] == [".wav"]
 
 
 def test_resume_continues_exactly(espeak_dataset, tmp_path):

@@ -14,39 +14,50 @@ from trainer.config import RunConfig, parse_config
 from trainer.control import HYPERPARAMETERS
 from trainer.errors import UserError
 
-RECORD = {"val_mel_loss": 0.40, "val_mel_postnet_loss": 0.30, "diagonality": 0.80, "gate_accuracy": 0.90,
-          "probe_stop_rate": 0.50}
+RECORD = {"val_mel_loss": 0.40, "val_mel_postnet_loss": 0.30, "diagonality": 0.80, "gate_accuracy": 0.90}
+SPEECH = {"synthesized": 10, "utterances": 8, "spoken": 2, "score": 0.25, "mcd_dtw": 2.5, "stopped": 6,
+          "premature": 2, "runaway": 2, "gate_missed_end": 1, "read": 5, "gate_fired": 8, "duration_ratio": 1.0,
+          "seconds": 1.0}
 
 
-def test_objective_from_known_inputs():
-    s = score(RECORD, ObjectiveConfig())  # w1 = 1, w2 = 0.5, w3 = 0.5, postnet mel
-    assert s.mel == 0.30
-    assert s.diagonality_term == pytest.approx(0.20)
-    assert s.gate_term == pytest.approx(0.05)
-    assert s.stop_term == pytest.approx(0.25)
-    assert s.total == pytest.approx(0.30 + 0.20 + 0.05 + 0.25)
-
-    custom = ObjectiveConfig(mel_metric="val_mel_loss", diagonality_weight=2.0, gate_weight=0.0, stop_weight=1.0)
-    assert score(RECORD, custom).total == pytest.approx(0.40 + 2 * 0.2 + 0 + 1 * 0.5)
+def test_objective_from_known_free_running_figures():
+    s = score(dict(RECORD, speech=SPEECH), ObjectiveConfig())  # w_speech 5, w_read 2, w_stop 1
+    assert s.free_running and s.sound == 2.5
+    assert s.terms == pytest.approx({"speech_term": 5 * 0.75, "read_term": 2 * 0.5, "stop_term": 1 * 0.4})
+    assert s.total == pytest.approx(2.5 + 3.75 + 1.0 + 0.4)
+    assert s.as_dict()["mcd_dtw"] == 2.5 and s.as_dict()["objective"] == pytest.approx(s.total)
 
 
-def test_a_perfect_model_scores_its_mel_loss_and_worse_alignment_scores_worse():
-    perfect = dict(RECORD, diagonality=1.0, gate_accuracy=1.0, probe_stop_rate=1.0)
+def test_speaking_more_beats_a_lower_teacher_forced_loss():
+    """Two trials: one babbles with a low mel loss, one speaks half its utterances with a
+    higher one. The teacher-forced objective preferred the babbler; this one does not."""
+    babbler = dict(RECORD, val_mel_postnet_loss=0.2, speech=dict(SPEECH, spoken=0, score=0.0, read=0, mcd_dtw=2.9))
+    speaker = dict(RECORD, val_mel_postnet_loss=0.5, speech=dict(SPEECH, spoken=4, score=0.5, read=8, mcd_dtw=2.6))
+    assert score(speaker, ObjectiveConfig()).total < score(babbler, ObjectiveConfig()).total
+
+
+def test_without_free_running_figures_the_teacher_forced_stand_in():
+    s = score(RECORD, ObjectiveConfig())  # w1 = 1, w2 = 0.5, postnet mel
+    assert not s.free_running and s.sound == 0.30
+    assert s.terms == pytest.approx({"diagonality_term": 0.20, "gate_term": 0.05})
+    custom = ObjectiveConfig(mel_metric="val_mel_loss", diagonality_weight=2.0, gate_weight=0.0)
+    assert score(RECORD, custom).total == pytest.approx(0.40 + 2 * 0.2)
+    perfect = dict(RECORD, diagonality=1.0, gate_accuracy=1.0)
     assert score(perfect, ObjectiveConfig()).total == pytest.approx(0.30)
-    lost = dict(perfect, diagonality=0.3)
-    assert score(lost, ObjectiveConfig()).total > score(perfect, ObjectiveConfig()).total
 
 
-def test_multi_objective_reports_mel_and_alignment_separately():
+def test_multi_objective_reports_sound_and_penalty_separately():
     cfg = ObjectiveConfig(multi_objective=True)
-    assert score(RECORD, cfg).values(cfg) == pytest.approx((0.30, 0.50))
-    assert score(RECORD, ObjectiveConfig()).values(ObjectiveConfig()) == pytest.approx(0.80)
+    record = dict(RECORD, speech=SPEECH)
+    assert score(record, cfg).values(cfg) == pytest.approx((2.5, 3.75 + 1.0 + 0.4))
+    assert score(record, ObjectiveConfig()).values(ObjectiveConfig()) == pytest.approx(2.5 + 5.15)
     t = TunerConfig(objective=cfg)
     assert t.sampler_kind == "nsga2" and t.pruner_kind == "none"  # Optuna prunes single-objective studies only
 
 
 def test_a_non_finite_loss_is_not_a_finite_objective():
     assert not score(dict(RECORD, val_mel_postnet_loss=float("nan")), ObjectiveConfig()).finite
+    assert not score(dict(RECORD, speech=dict(SPEECH, mcd_dtw=float("nan"))), ObjectiveConfig()).finite
     assert not math.isfinite(score(dict(RECORD, val_mel_postnet_loss=float("inf")), ObjectiveConfig()).total)
 
 

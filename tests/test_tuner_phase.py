@@ -32,7 +32,7 @@ def _result(number: int, baseline: bool, total: float, folder: Path) -> TrialRes
     ckpt.write_bytes(b"x")
     return TrialResult(number=number, params={"learning_rate": 1e-3 * (number + 1)}, baseline=baseline, folder=folder,
                        outcome=TrialOutcome(status="complete", progress=10, checkpoint=str(ckpt)),
-                       score=Score(mel=total, diagonality_term=0, gate_term=0, stop_term=0), state="complete")
+                       score=Score(sound=total), state="complete")
 
 
 def _setup(tmp_path, modes):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from trainer.control import CheckpointRecord, EvalRecord, StepTelemetry
+from trainer.control import CheckpointRecord, EvalRecord, SpeechSummary, StepTelemetry
 
 if TYPE_CHECKING:
     from trainer.loop import Trainer
@@ -48,6 +48,14 @@ def _fmt_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def describe_speech(s: SpeechSummary) -> str:
+    """One line: what the free-running evaluation heard."""
+    score = f"{s.spoken}/{s.utterances} spoken" if s.score is not None else "no recordings to judge against"
+    mcd = f", MCD-DTW {s.mcd_dtw:.2f} dB" if s.mcd_dtw is not None else ""
+    return (f"{score}{mcd} | stop: {s.stopped} in range, {s.premature} early, {s.runaway} runaway | "
+            f"attention read {s.read}/{s.synthesized} | length x{s.duration_ratio:.2f} | {s.seconds:.1f} s")
+
+
 class ConsoleProgress(BaseCallback):
     """One line every ``every`` steps: step, loss and parts, steps/s, lr, ETA."""
 
@@ -79,9 +87,11 @@ class ConsoleProgress(BaseCallback):
         self.print(
             f"eval  {r.step:>7} | val {r.val_loss:.4f} (mel {r.val_mel_postnet_loss:.3f} gate {r.val_gate_loss:.3f})"
             f" | diagonality {r.diagonality:.3f} focus {r.focus:.3f} aligned {r.aligned_fraction:.2f}"
-            f" | gate acc {r.gate_accuracy:.3f} | probes stop {r.probe_stop_rate:.2f}",
+            f" | gate acc {r.gate_accuracy:.3f}",
             flush=True,
         )
+        if r.speech is not None:
+            self.print(f"speech {r.step:>7} | {describe_speech(r.speech)}", flush=True)
 
     def on_checkpoint(self, trainer: "Trainer", r: CheckpointRecord) -> None:
         self.print(f"saved {r.path} ({r.reason})", flush=True)

@@ -45,6 +45,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sy.add_argument("--griffin-lim-iters", type=int, default=60)
     sy.set_defaults(func=_cmd_synth)
 
+    ev = sub.add_parser("eval", help="speak the validation sentences and probes with a checkpoint and judge them")
+    ev.add_argument("--checkpoint", required=True, type=Path, help="ours, or NVIDIA's (then give --config)")
+    ev.add_argument("--config", help="config whose data and eval sections to use (ours: default the checkpoint's)")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set eval.speech.max_utterances=32 (repeatable)")
+    ev.add_argument("--out", type=Path, default=None,
+                    help="folder for the per-utterance verdicts (JSON), the first probe's plot and audio")
+    ev.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    ev.set_defaults(func=_cmd_eval)
+
     de = sub.add_parser("demo", help="build an espeak-ng dataset and train tiny-cpu on it (again: resumes)")
     de.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
     de.add_argument("--n", type=int, default=240, help="utterances to synthesise (default 240)")
@@ -99,6 +109,39 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         print(f"warning: {w.message}")
     seconds = len(result.audio) / (config or _config_of(args.checkpoint)).audio.sampling_rate
     print(f"wrote {wav} ({seconds:.2f} s) and {plot}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from trainer.callbacks import describe_speech
+    from trainer.config import load_config
+    from trainer.speech.offline import evaluate_checkpoint
+
+    overrides = _parse_overrides(args.set)
+    config = None
+    if args.config:
+        config = load_config(args.config, overrides)
+    elif overrides:  # the checkpoint's own config, changed
+        import yaml
+
+        from trainer.config import parse_config
+
+        saved = yaml.safe_dump(_config_of(args.checkpoint).model_dump(mode="json"))
+        config = parse_config(saved, f"{args.checkpoint} (its config)", overrides)
+    result = evaluate_checkpoint(args.checkpoint, config, out_dir=args.out, step=0 if args.out else None)
+    if args.json:
+        print(json.dumps({"summary": result.summary.model_dump(mode="json"),
+                          "utterances": [u.model_dump(mode="json") for u in result.utterances]}, indent=1))
+        return 0
+    for u in result.utterances:
+        print(f"{u.name:<12} {u.describe()}")
+        print(f"{'':<12} {u.text}")
+    print(f"speech: {describe_speech(result.summary)}")
+    if args.out:
+        print(f"wrote {result.details}" + (f", {result.image}" if result.image else "")
+              + "".join(f", {p}" for p in result.audio))
     return 0
 
 

@@ -150,35 +150,78 @@ class TrainConfig(_Section):
     torch_threads: int | None = Field(None, gt=0)
 
 
+class SpeechEvalConfig(_Section):
+    """Free-running evaluation: utterances synthesized as a user would (the model fed its
+    own output, stopped by its own gate) and judged on what comes out (trainer/speech)."""
+
+    enabled: bool = True
+    # Validation clips synthesized per evaluation, evenly spaced over their lengths;
+    # the probe sentences are synthesized too.
+    max_utterances: int = Field(8, ge=0)
+    # Recordings of the probe sentences: an LJSpeech-format filelist (wav|text). A probe
+    # whose text is found there is judged against its recording like a validation clip;
+    # the others are judged on their stop and attention only.
+    probe_references: Path | None = None
+    # Stop verdict against the true length (for a probe without a recording: the
+    # length its text would have at the validation set's frames per token).
+    premature_ratio: float = Field(0.5, gt=0, lt=1)
+    runaway_ratio: float = Field(2.0, gt=1)
+    # "Spoken" needs MCD-DTW to the recording below this many dB. Calibrated on espeak-ng
+    # en-us (bench/mcd_calibration.py): the same sentence at another rate is at most
+    # 1.3 dB away, a different sentence at least 4.7 dB; 3.0 is halfway.
+    max_mcd_dtw: float = Field(3.0, gt=0)
+    # ... and its MCD-DTW to its own recording must be below this fraction of its mean
+    # MCD-DTW to the other recordings of the set: an averaged, babbling output is about
+    # as close to every recording as to its own (ratio near 1).
+    max_mcd_contrast: float = Field(0.75, gt=0)
+    # Attention health of the inference alignment (trainer/speech/attention.py).
+    end_tokens: int = Field(3, ge=1)
+    min_coverage: float = Field(0.8, ge=0, le=1)
+    min_monotonic: float = Field(0.9, ge=0, le=1)
+    max_skip_tokens: int = Field(4, ge=1)
+    max_repeat_tokens: int = Field(2, ge=0)
+    max_hold_seconds: float = Field(1.0, gt=0)
+    # Probes rendered to audio (Griffin-Lim) at each evaluation, for MLflow and Telegram.
+    audio_probes: int = Field(1, ge=0)
+    griffin_lim_iters: int = Field(30, ge=1)
+
+
 class EvalConfig(_Section):
     every_steps: int = Field(1000, gt=0)
     # Validation batches per evaluation (None: the whole validation set).
     max_batches: int | None = Field(None, gt=0)
-    # Free-running probe sentences: does inference stop by itself?
+    # Sentences synthesized free-running at every evaluation (with eval.speech).
     probe_sentences: list[str] = Field(
         default_factory=lambda: [
             "The quick brown fox jumps over the lazy dog.",
             "Printing, in the only sense with which we are at present concerned.",
         ]
     )
+    # The most decoder steps of a free-running evaluation (it stops earlier, at
+    # eval.speech.runaway_ratio x the longest true length).
     probe_max_decoder_steps: int = Field(1000, gt=0)
     # Diagonality: attention mass within +-band of the normalised diagonal.
     diagonal_band: float = Field(0.2, gt=0, le=1)
     # An utterance counts as aligned when focus and diagonality both pass.
     aligned_focus: float = Field(0.5, gt=0, le=1)
     aligned_diagonality: float = Field(0.9, gt=0, le=1)
+    speech: SpeechEvalConfig = Field(default_factory=SpeechEvalConfig)
 
 
 class CheckpointConfig(_Section):
     every_steps: int = Field(1000, gt=0)
     keep_last: int = Field(3, ge=1)
     keep_best: bool = True
-    best_metric: Literal["val_loss", "val_mel_postnet_loss", "val_mel_loss", "val_gate_loss", "diagonality",
-                         "aligned_fraction", "gate_accuracy", "probe_stop_rate"] = "val_loss"
+    # Which evaluation makes best.pt. "speech" (default): the most utterances spoken
+    # free-running, then the most read to the end by the inference attention, then the
+    # lowest MCD-DTW (trainer/speech/verdict.py: speech_rank). The others are one
+    # evaluation field each; teacher-forced ones can prefer a model that cannot speak.
+    best_metric: Literal["speech", "val_loss", "val_mel_postnet_loss", "val_mel_loss", "val_gate_loss",
+                         "diagonality", "aligned_fraction", "gate_accuracy", "speech_score", "mcd_dtw"] = "speech"
 
     @property
     def lower_is_better(self) -> bool:
-        return self.best_metric.startswith("val_")
+        return self.best_metric.startswith("val_") or self.best_metric in ("speech", "mcd_dtw")
 
 
 class TrackingConfig(_Section):
@@ -209,6 +252,18 @@ class RunConfig(_Section):
     # The tuner's section (agent.tuner.config.TunerConfig): objective weights, search
     # space, pruner, trial budget. Carried untouched like ``supervisor``.
     tuner: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _best_without_speech(self) -> "RunConfig":
+        uses_speech = self.checkpoint.best_metric in ("speech", "speech_score", "mcd_dtw")
+        if uses_speech and not self.eval.speech.enabled:
+            if "best_metric" in self.checkpoint.model_fields_set:
+                raise ValueError(f"checkpoint.best_metric {self.checkpoint.best_metric!r} needs the free-running "
+                                 "evaluation: set eval.speech.enabled: true, or pick a teacher-forced metric "
+                                 "such as val_loss")
+            # Free-running evaluation switched off and best_metric left at its default.
+            self.checkpoint.__dict__["best_metric"] = "val_loss"
+        return self
 
 
 class ConfigError(UserError):

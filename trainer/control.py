@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from typing import Annotated, Literal, Protocol, Union, get_args
+from typing import Annotated, Any, Literal, Protocol, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
@@ -52,6 +52,29 @@ class StepTelemetry(_Record):
     loss_scale_overflow: bool = False
 
 
+class SpeechSummary(_Record):
+    """What free-running inference said at one evaluation (trainer/speech).
+
+    ``utterances`` counts those with a recording to compare with (validation clips and
+    probes that have one): the speech score is ``spoken / utterances``. Stop verdicts,
+    attention and ``gate_fired`` count every synthesized utterance (``synthesized``).
+    """
+
+    synthesized: int
+    utterances: int
+    spoken: int
+    score: float | None  # spoken / utterances; None without any recording to compare with
+    mcd_dtw: float | None  # mean MCD-DTW (dB) over the utterances with a recording
+    stopped: int  # the gate fired within [premature_ratio, runaway_ratio] x the true length
+    premature: int  # fired before premature_ratio x the true length
+    runaway: int  # fired after runaway_ratio x the true length, or never
+    gate_missed_end: int  # runaways whose inference attention had reached the end of the text
+    read: int  # inference attention read the text cleanly to its end
+    gate_fired: int  # raw count: the gate fired at all, however early (not a quality signal)
+    duration_ratio: float  # median generated / true length
+    seconds: float  # wall time of the free-running pass
+
+
 class EvalRecord(_Record):
     step: int
     wall_time: float
@@ -64,8 +87,24 @@ class EvalRecord(_Record):
     focus: float
     aligned_fraction: float
     gate_accuracy: float
-    probe_stop_rate: float
     alignment_image: str | None = None
+    # Free-running evaluation (None when eval.speech is off). speech_score and mcd_dtw
+    # repeat speech.score and speech.mcd_dtw so that rules and queries reach them directly.
+    speech_score: float | None = None
+    mcd_dtw: float | None = None
+    speech: SpeechSummary | None = None
+    speech_image: str | None = None  # inference alignment of the first probe
+    speech_audio: list[str] = Field(default_factory=list)  # Griffin-Lim audio of the first probes
+    speech_details: str | None = None  # per-utterance verdicts (JSON)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        # Journals written before free-running evaluation carry a probe stop rate: it
+        # counted an utterance that stopped at its first frame as good, so it is dropped.
+        if isinstance(data, dict) and "probe_stop_rate" in data:
+            data = {k: v for k, v in data.items() if k != "probe_stop_rate"}
+        return data
 
 
 class CheckpointRecord(_Record):

@@ -1,4 +1,4 @@
-"""Validation: teacher-forced losses and alignment metrics, plus free-running probes.
+"""Validation: teacher-forced losses and alignment metrics, plus free-running speech.
 
 Prenet dropout stays on at evaluation (it does in Tacotron2 inference too), so the
 evaluation runs under a forked, fixed-seed RNG: the same weights give the same
@@ -12,22 +12,23 @@ from pathlib import Path
 
 import torch
 
-from trainer.config import EvalConfig, TextConfig
+from trainer.config import EvalConfig
 from trainer.control import EvalRecord
 from trainer.data.dataset import Batch, Collate, TextMelDataset
 from trainer.loss import LossWeights, tacotron2_loss
 from trainer.metrics import alignment_scores, gate_balanced_accuracy
 from trainer.model.tacotron2 import Tacotron2
 from trainer.plotting import save_alignment_png
-from trainer.text import text_to_sequence
+from trainer.speech.freerun import FreeRunningEvaluator, SpeechResult
 
 EVAL_SEED = 20170104
 
 
 class Evaluator:
     def __init__(self, dataset: TextMelDataset, collate: Collate, batch_size: int, cfg: EvalConfig,
-                 text: TextConfig, gate_threshold: float, image_dir: Path) -> None:
+                 gate_threshold: float, image_dir: Path, speech: FreeRunningEvaluator | None = None) -> None:
         self.cfg = cfg
+        self.speech = speech
         self.gate_threshold = gate_threshold
         self.image_dir = Path(image_dir)
         # Fixed order, sorted by length: the same batches every time, little padding.
@@ -38,9 +39,6 @@ class Evaluator:
             step = (len(batches) - 1) / max(cfg.max_batches - 1, 1)
             batches = [batches[round(i * step)] for i in range(cfg.max_batches)]
         self.batches = [collate([dataset[i] for i in b]) for b in batches]
-        probes = [torch.tensor(text_to_sequence(s, text)) for s in cfg.probe_sentences]
-        self.probe_lengths = torch.tensor([len(p) for p in probes], dtype=torch.long)
-        self.probes = torch.nn.utils.rnn.pad_sequence(probes, batch_first=True) if probes else None
 
     @torch.no_grad()
     def run(self, model: Tacotron2, weights: LossWeights, step: int, device: torch.device,
@@ -72,7 +70,7 @@ class Evaluator:
                     n, s = int(batch.text_lengths[0]), int(steps[0])
                     shown = (out.alignments[0, :s, :n].float().cpu().numpy(),
                              out.mel_postnet[0, :, : int(batch.mel_lengths[0])].float().cpu().numpy(), float(d[0]))
-            stop_rate = self._probe_stop_rate(model, device)
+            speech = self.speech.run(model, step, autocast) if self.speech is not None else None
         model.train(was_training)
         focus_t, diag_t = torch.cat(focus), torch.cat(diag)
         aligned = ((focus_t >= self.cfg.aligned_focus) & (diag_t >= self.cfg.aligned_diagonality)).float().mean()
@@ -86,12 +84,15 @@ class Evaluator:
             val_mel_postnet_loss=sums["mel_postnet"] / n_utts, val_gate_loss=sums["gate"] / n_utts,
             val_guided_attention_loss=sums["guided_attention"] / n_utts,
             diagonality=float(diag_t.mean()), focus=float(focus_t.mean()), aligned_fraction=float(aligned),
-            gate_accuracy=sum(gate_acc) / n_utts, probe_stop_rate=stop_rate, alignment_image=image,
+            gate_accuracy=sum(gate_acc) / n_utts, alignment_image=image,
+            **(speech_fields(speech) if speech is not None else {}),
         )
 
-    def _probe_stop_rate(self, model: Tacotron2, device: torch.device) -> float:
-        if self.probes is None:
-            return 0.0
-        out = model.infer(self.probes.to(device), self.probe_lengths.to(device),
-                          max_decoder_steps=self.cfg.probe_max_decoder_steps)
-        return float(out.stopped.float().mean())
+
+def speech_fields(result: SpeechResult) -> dict:
+    """The EvalRecord fields of a free-running pass."""
+    s = result.summary
+    return {"speech_score": s.score, "mcd_dtw": s.mcd_dtw, "speech": s,
+            "speech_image": str(result.image) if result.image else None,
+            "speech_audio": [str(p) for p in result.audio],
+            "speech_details": str(result.details) if result.details else None}

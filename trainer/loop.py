@@ -30,6 +30,8 @@ from trainer.evaluate import Evaluator
 from trainer.loss import LossWeights, tacotron2_loss
 from trainer.model.tacotron2 import Tacotron2
 from trainer.schedule import LRSchedule
+from trainer.speech.freerun import build_free_running
+from trainer.speech.verdict import speech_rank
 from trainer.text import symbols_for
 
 PAUSE_POLL_SECONDS = 0.5
@@ -75,6 +77,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_metric(record, best_metric: str) -> float | None:
+    """The value of ``checkpoint.best_metric`` for an evaluation (None: not measured)."""
+    if best_metric == "speech":
+        return speech_rank(record.speech)
+    return getattr(record, best_metric)
 
 
 class Trainer:
@@ -127,8 +136,10 @@ class Trainer:
         self.train_set = TextMelDataset(d.training_files, d, config.audio, config.text, progress=True)
         val_set = TextMelDataset(d.validation_files, d, config.audio, config.text)
         self.sampler = BucketBatchSampler(self.train_set.lengths, d.batch_size, d.bucket_batches, config.train.seed)
-        self.evaluator = Evaluator(val_set, self.collate, d.batch_size, config.eval, config.text,
-                                   config.model.gate_threshold, self.run_dir / "alignments")
+        speech = build_free_running(val_set, config.eval, config.text, config.audio, d,
+                                    config.model.n_frames_per_step, d.batch_size, self.run_dir / "speech")
+        self.evaluator = Evaluator(val_set, self.collate, d.batch_size, config.eval, config.model.gate_threshold,
+                                   self.run_dir / "alignments", speech)
         if warm_start is not None and resume:
             raise UserError("--warm-start and --resume exclude each other: resume continues a run, "
                             "warm start begins a new one from other weights")
@@ -316,7 +327,7 @@ class Trainer:
         self.last_eval = record.model_dump(exclude={"alignment_image"})
         self.port.emit_eval(record)
         self._notify("on_eval", self, record)
-        metric = self.last_eval.get(self.config.checkpoint.best_metric)
+        metric = checkpoint_metric(record, self.config.checkpoint.best_metric)
         if metric is not None and math.isfinite(metric):
             # best_metric is stored as "lower is better"; higher-is-better metrics are negated.
             score = metric if self.config.checkpoint.lower_is_better else -metric

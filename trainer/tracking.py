@@ -25,7 +25,10 @@ if TYPE_CHECKING:
 _STEP_FIELDS = ("loss", "mel_loss", "mel_postnet_loss", "gate_loss", "guided_attention_loss", "grad_norm", "lr",
                 "step_seconds", "skipped_steps", "guided_attention_weight", "gate_pos_weight", "grad_clip")
 _EVAL_FIELDS = ("val_loss", "val_mel_loss", "val_mel_postnet_loss", "val_gate_loss", "val_guided_attention_loss",
-                "diagonality", "focus", "aligned_fraction", "gate_accuracy", "probe_stop_rate")
+                "diagonality", "focus", "aligned_fraction", "gate_accuracy")
+# Free-running evaluation (EvalRecord.speech), logged as speech_<field>.
+_SPEECH_FIELDS = ("score", "mcd_dtw", "spoken", "utterances", "stopped", "premature", "runaway", "read",
+                  "synthesized", "gate_fired", "duration_ratio", "seconds")
 
 
 def default_tracking_uri(run_dir: Path) -> str:
@@ -93,9 +96,17 @@ class MlflowLogger(BaseCallback):
         if self._client is None:
             return
         ts = int(record.wall_time * 1000)
-        self._queue.put(("metrics", [(k, float(getattr(record, k)), ts, record.step) for k in _EVAL_FIELDS]))
+        metrics = [(k, float(getattr(record, k)), ts, record.step) for k in _EVAL_FIELDS]
+        if record.speech is not None:
+            metrics += [(f"speech_{k}", float(v), ts, record.step) for k in _SPEECH_FIELDS
+                        if (v := getattr(record.speech, k)) is not None]
+        self._queue.put(("metrics", metrics))
         if record.alignment_image:
-            self._queue.put(("artifact", record.alignment_image))
+            self._queue.put(("artifact", (record.alignment_image, "alignments")))
+        # The inference alignment, the probes' audio and the per-utterance verdicts.
+        for path in (record.speech_image, *record.speech_audio, record.speech_details):
+            if path:
+                self._queue.put(("artifact", (path, "speech")))
 
     def on_train_end(self, trainer: "Trainer", reason: str) -> None:
         if self._client is None:
@@ -125,7 +136,8 @@ class MlflowLogger(BaseCallback):
                     for i in range(0, len(items), 100):
                         self._safe(self._client.log_batch, self.run_id, params=items[i:i + 100])
                 elif kind == "artifact":
-                    self._safe(self._client.log_artifact, self.run_id, payload, "alignments")
+                    path, folder = payload
+                    self._safe(self._client.log_artifact, self.run_id, path, folder)
                 elif kind == "end":
                     self._flush(pending)
                     self._safe(self._client.set_terminated, self.run_id, payload)

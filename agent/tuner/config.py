@@ -19,20 +19,24 @@ class _Section(BaseModel):
 
 
 class ObjectiveConfig(_Section):
-    """objective = mel loss + w1 (1 - diagonality) + w2 (1 - gate accuracy) + w3 (probes that fail to stop).
+    """objective = MCD-DTW + w_speech (1 - speech score) + w_read (1 - read share) + w_stop (1 - stop share);
+    without free-running figures: mel loss + w1 (1 - diagonality) + w2 (1 - gate accuracy).
 
-    The mel term is the validation mel loss *without* the gate and guided-attention
-    terms: those are weighted by hyperparameters under search (gate positive weight,
-    guided-attention weight), so ``val_loss`` would reward turning them down.
+    See agent/tuner/objective.py. An MCD-DTW difference of 1 dB is large (espeak-ng's
+    same sentence at another rate is about 1.1 dB away, a different sentence 5.9 dB), so
+    speaking one more of eight utterances (1/8 x 5 = 0.6) weighs like 0.6 dB.
     """
 
-    # The postnet output is the spectrogram a vocoder receives.
+    speech_weight: float = Field(5.0, ge=0)
+    read_weight: float = Field(2.0, ge=0)
+    stop_weight: float = Field(1.0, ge=0)
+    # The teacher-forced stand-in, for runs with eval.speech off. The postnet output
+    # is the spectrogram a vocoder receives.
     mel_metric: Literal["val_mel_postnet_loss", "val_mel_loss"] = "val_mel_postnet_loss"
     diagonality_weight: float = Field(1.0, ge=0)  # w1
     gate_weight: float = Field(0.5, ge=0)  # w2
-    stop_weight: float = Field(0.5, ge=0)  # w3
-    # Two objectives instead of one sum: (mel loss, alignment penalty = the weighted
-    # rest); NSGA-II by default, no pruning (Optuna prunes single-objective studies only).
+    # Two objectives instead of one sum: (MCD-DTW or mel loss, the weighted rest);
+    # NSGA-II by default, no pruning (Optuna prunes single-objective studies only).
     multi_objective: bool = False
 
 

@@ -228,7 +228,7 @@ class InRunTuning:
         if base_score is not None:
             evidence["baseline_objective"] = base_score
         if summary.front and self.tuner.objective.multi_objective:
-            evidence["pareto_front"] = ", ".join(f"#{r.number} mel {r.score.mel:.4f} alignment {r.score.alignment:.4f}"
+            evidence["pareto_front"] = ", ".join(f"#{r.number} sound {r.score.sound:.4f} penalty {r.score.penalty:.4f}"
                                                  for r in summary.front)
         mode = self.approvals.mode_for("apply_winner")
         # A pause someone asked for during the round outlives it: adopt the winner, stay paused.

@@ -238,7 +238,8 @@ def pareto_front(results: list[TrialResult]) -> list[TrialResult]:
     done = [r for r in results if r.state == "complete" and r.score is not None]
 
     def dominates(a: Score, b: Score) -> bool:
-        return a.mel <= b.mel and a.alignment <= b.alignment and (a.mel < b.mel or a.alignment < b.alignment)
+        return (a.sound <= b.sound and a.penalty <= b.penalty
+                and (a.sound < b.sound or a.penalty < b.penalty))
 
     return [r for r in done if not any(dominates(o.score, r.score) for o in done if o is not r)]
 

@@ -18,8 +18,13 @@ COLLAPSE = "attention_collapse"
 def alignment_stall(phase: Phase, window: Window, memory: Memory, cfg: PolicyConfig) -> list[Proposal]:
     """Raise the guided-attention weight, then cut the LR, then ask a human."""
     c = cfg.alignment_stall
+    if is_aligned(window.evals, cfg):
+        return []
+    start = _guide_from_start(window, memory, cfg)
+    if start:
+        return start
     stall = find_stall(window.evals, c, cfg.aligned.diagonality)
-    if stall is None or is_aligned(window.evals, cfg):
+    if stall is None:
         return []
     # Judge only evaluations made after the last answer had a chance to act.
     if not fresh([e.step for e in window.evals[-c.evals:]], memory, STALL):
@@ -55,6 +60,26 @@ def alignment_stall(phase: Phase, window: Window, memory: Memory, cfg: PolicyCon
     return [Proposal(policy=STALL, kind="ask_human", evidence=evidence, aim="diagonality", severity="medium",
                      step=stall.last_step,
                      reason=f"{seen} even after raising guided attention and cutting the learning rate; {suspect}.")]
+
+
+def _guide_from_start(window: Window, memory: Memory, cfg: PolicyConfig) -> list[Proposal]:
+    """Guided attention on at the first evaluation of the aligning phase, if it is off."""
+    c = cfg.alignment_stall
+    ga = window.guided_attention_weight
+    if not c.guide_from_start or ga != 0 or memory.count(STALL) or not window.evals:
+        return []
+    latest = window.evals[-1]
+    if not fresh([latest.step], memory, STALL) or latest.step < cfg.warmup_steps:
+        return []
+    new = c.initial_guided_attention_weight
+    return [Proposal(
+        policy=STALL, kind="set_guided_attention", actions=({"kind": "set_guided_attention", "weight": new},),
+        evidence={"diagonality": latest.diagonality, "focus": latest.focus, "guided_attention_weight": 0.0,
+                  "new_guided_attention_weight": new, "stage": "start"},
+        aim="diagonality", severity="medium", step=latest.step,
+        reason=(f"Attention is not aligned after warm-up (diagonality {latest.diagonality:.3f}, focus "
+                f"{latest.focus:.3f}) and guided attention is off; Tacotron2 from scratch can take thousands of "
+                f"steps to align without it. Turning it on at weight {g(new)} (it is decayed to 0 once aligned)."))]
 
 
 def attention_decay(phase: Phase, window: Window, memory: Memory, cfg: PolicyConfig) -> list[Proposal]:

@@ -1,4 +1,5 @@
-"""Validation loss rising while the training loss falls: cut the LR, then propose an early stop."""
+"""Held-out speech getting worse (MCD-DTW, or the validation loss without free-running
+figures) while the training loss falls: cut the LR, then propose an early stop."""
 
 from __future__ import annotations
 
@@ -17,22 +18,20 @@ def overfit(phase: Phase, window: Window, memory: Memory, cfg: PolicyConfig) -> 
     if found is None or not fresh([e.step for e in window.evals[-c.rising_evals:]], memory, NAME):
         return []
     evidence: dict[str, float | int | str] = {
-        "val_loss_from": found.val_from, "val_loss": found.val_to, "rise": found.val_to / found.val_from - 1,
+        "metric": found.metric, "from": found.val_from, "to": found.val_to, "rise": found.val_to / found.val_from - 1,
         "train_loss_from": found.train_from, "train_loss": found.train_to, "rising_evals": found.n_evals,
         "from_step": found.first_step, "repeat": memory.count(NAME),
     }
-    seen = (f"Validation loss rose at each of the last {found.n_evals} evaluations ({g(found.val_from)} -> "
+    what = "Free-running MCD-DTW (dB)" if found.metric == "mcd_dtw" else "Validation loss"
+    seen = (f"{what} rose at each of the last {found.n_evals} evaluations ({g(found.val_from)} -> "
             f"{g(found.val_to)}) while the training loss fell ({g(found.train_from)} -> {g(found.train_to)})")
+    aim = "mcd_dtw" if found.metric == "mcd_dtw" else "val_loss"
     if memory.count(NAME) == 0:
         evidence["lr_factor"] = c.lr_factor
         return [Proposal(policy=NAME, kind="set_lr", actions=(set_lr(c.lr_factor),), evidence=evidence,
-                         aim="val_loss", severity="medium", step=found.last_step,
+                         aim=aim, severity="medium", step=found.last_step,
                          reason=f"{seen}; learning rate x {c.lr_factor}.")]
-    best = min((k for k in window.checkpoints if k.val_loss is not None), key=lambda k: k.val_loss, default=None)
-    where = ""
-    if best is not None:
-        evidence.update(best_checkpoint_step=best.step, best_val_loss=best.val_loss)
-        where = f" (the best validation loss, {g(best.val_loss)}, is in the checkpoint of step {best.step})"
+    where = " (best.pt holds the best evaluation so far)"
     return [Proposal(policy=NAME, kind="early_stop", actions=({"kind": "stop"},), evidence=evidence,
-                     aim="val_loss", severity="medium", step=found.last_step,
+                     aim=aim, severity="medium", step=found.last_step,
                      reason=f"{seen} even after cutting the learning rate; proposing to stop training{where}.")]

@@ -1,4 +1,5 @@
-"""Validation loss on a plateau while stable: propose a tuning round."""
+"""No progress while stable (speech score and MCD-DTW, or the validation loss without
+free-running figures): propose a tuning round."""
 
 from __future__ import annotations
 
@@ -18,10 +19,19 @@ def plateau(phase: Phase, window: Window, memory: Memory, cfg: PolicyConfig) -> 
         return []
     if find_overfit(window.steps, window.evals, cfg.overfit) is not None:
         return []  # a rising validation loss is the overfitting rule's case, not a plateau
-    return [Proposal(
-        policy=NAME, kind="tune", aim="val_loss", severity="low", step=found.last_step,
-        evidence={"best_val_loss_before": found.best_before, "best_val_loss_recent": found.best_recent,
-                  "improvement": found.improvement, "min_improvement": c.min_improvement, "evals": found.n_evals},
-        reason=(f"The best validation loss of the last {found.n_evals} evaluations ({g(found.best_recent)}) improves "
-                f"on the earlier best ({g(found.best_before)}) by {found.improvement:.2%} < "
-                f"{c.min_improvement:.0%}; proposing a tuning round."))]
+    evidence: dict[str, float | int | str] = {
+        "metric": found.metric, "best_before": found.best_before, "best_recent": found.best_recent,
+        "improvement": found.improvement, "min_improvement": c.min_improvement, "evals": found.n_evals}
+    if found.metric == "mcd_dtw":
+        evidence.update(speech_score_before=found.score_before, speech_score_recent=found.score_recent)
+        seen = (f"Over the last {found.n_evals} evaluations no more utterances were spoken (best speech score "
+                f"{found.score_recent:.0%}, {found.score_before:.0%} before) and the best MCD-DTW "
+                f"({g(found.best_recent)} dB) improves on the earlier best ({g(found.best_before)} dB) by "
+                f"{found.improvement:.2%} < {c.min_improvement:.0%}")
+        aim = "mcd_dtw"
+    else:
+        seen = (f"The best validation loss of the last {found.n_evals} evaluations ({g(found.best_recent)}) improves "
+                f"on the earlier best ({g(found.best_before)}) by {found.improvement:.2%} < {c.min_improvement:.0%}")
+        aim = "val_loss"
+    return [Proposal(policy=NAME, kind="tune", aim=aim, severity="low", step=found.last_step, evidence=evidence,
+                     reason=f"{seen}; proposing a tuning round.")]

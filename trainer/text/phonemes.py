@@ -1,0 +1,134 @@
+"""English text -> ARPAbet phones by espeak-ng, in NVIDIA's curly-brace notation.
+
+``text.phonemes: espeak`` makes the trainer read phones instead of letters: each
+transcript (and each sentence given to ``synth``) is phonemized by espeak-ng's
+en-us rules and written as NVIDIA/tacotron2 writes ARPAbet, one brace group per
+word with the punctuation kept between them::
+
+    "Printing, in the only sense."  ->  "{P R IH1 N T IH0 NG}, {IH0 N} {DH IH0} {OW1 N L IY0} {S EH1 N S}."
+
+The phones are symbols of the English set already (``@AA1`` ...), so the embedding
+keeps NVIDIA's 148 rows and their checkpoints still load. A model reading phones does
+not have to learn English spelling first, which is most of what a small model trained
+for minutes gets wrong.
+
+espeak-ng prints IPA (``--ipa``); :func:`ipa_to_arpabet` maps it. Stress marks
+(ˈ primary, ˌ secondary) go to the next vowel as 1 or 2, other vowels get 0.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+
+from trainer.errors import UserError
+
+# Longest match first: two-letter IPA units before single letters.
+_VOWELS = {
+    "aɪ": "AY", "aʊ": "AW", "eɪ": "EY", "oʊ": "OW", "ɔɪ": "OY", "iː": "IY", "uː": "UW", "ɑː": "AA", "ɔː": "AO",
+    "ɜː": "ER", "oː": "AO", "eː": "EH", "ɛː": "EH", "aː": "AA", "ɪ": "IH", "ᵻ": "IH", "i": "IY", "ɛ": "EH", "e": "EH",
+    "æ": "AE", "ʌ": "AH", "ə": "AH", "ɐ": "AH", "ɑ": "AA", "ɒ": "AA", "ɔ": "AO", "ʊ": "UH", "u": "UW", "ɜ": "ER",
+    "ɚ": "ER", "a": "AA", "o": "OW", "ɝ": "ER",
+}
+_CONSONANTS = {
+    "tʃ": "CH", "dʒ": "JH", "p": "P", "b": "B", "t": "T", "d": "D", "k": "K", "ɡ": "G", "g": "G", "f": "F", "v": "V",
+    "θ": "TH", "ð": "DH", "s": "S", "z": "Z", "ʃ": "SH", "ʒ": "ZH", "h": "HH", "m": "M", "n": "N", "ŋ": "NG", "l": "L",
+    "ɹ": "R", "r": "R", "w": "W", "j": "Y", "ɾ": "T", "ʔ": "T", "x": "K", "ɬ": "L",
+}
+_UNITS = sorted([*_VOWELS, *_CONSONANTS], key=len, reverse=True)
+# Marks that carry nothing ARPAbet can say: length, syllabic, tie bars, joiners.
+_IGNORED = set("ː̩͡‍‌ˑ̃")
+_STRESS = {"ˈ": "1", "ˌ": "2"}
+# Where a transcript breaks into clauses: the punctuation the symbol set can say.
+_CLAUSE = re.compile(r"([!'(),.:;?\"-]+)")
+
+
+class PhonemizerError(UserError):
+    """espeak-ng is missing or cannot phonemize a text."""
+
+
+def ipa_to_arpabet(ipa_word: str) -> list[str]:
+    """One word of espeak-ng IPA -> ARPAbet phones (vowels with stress digits)."""
+    phones: list[str] = []
+    stress = "0"
+    i = 0
+    while i < len(ipa_word):
+        ch = ipa_word[i]
+        if ch in _STRESS:
+            stress = _STRESS[ch]
+            i += 1
+            continue
+        if ch in _IGNORED:
+            i += 1
+            continue
+        unit = next((u for u in _UNITS if ipa_word.startswith(u, i)), None)
+        if unit is None:  # a sound outside English: leave it out rather than guess
+            i += 1
+            continue
+        if unit in _VOWELS:
+            phones.append(_VOWELS[unit] + stress)
+            stress = "0"
+        else:
+            phones.append(_CONSONANTS[unit])
+        i += len(unit)
+    return phones
+
+
+@lru_cache(maxsize=1)
+def _espeak() -> str:
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise PhonemizerError("text.phonemes is 'espeak' but espeak-ng is not installed: run "
+                              "'sudo apt-get install espeak-ng' (Debian/Ubuntu) or 'brew install espeak-ng' (macOS)")
+    return exe
+
+
+def _espeak_ipa(clauses: list[str], voice: str) -> list[str]:
+    """IPA of each clause (one espeak-ng run for all; each clause ends a sentence so
+    espeak-ng prints one line for it)."""
+    text = "\n".join(c.rstrip(".") + "." for c in clauses)
+    run = subprocess.run([_espeak(), "-q", "--ipa", "-v", voice, "--stdin"], input=text.encode("utf-8"),
+                         capture_output=True, timeout=120)
+    if run.returncode != 0:
+        raise PhonemizerError(f"espeak-ng failed to phonemize {clauses[0][:60]!r}: "
+                              f"{run.stderr.decode('utf-8', 'replace').strip() or run.returncode}")
+    return [line.strip() for line in run.stdout.decode("utf-8").splitlines() if line.strip()]
+
+
+def phonemize(text: str, voice: str = "en-us") -> str:
+    """A transcript in ARPAbet brace groups, punctuation kept; text already in braces is kept as it is."""
+    parts = _CLAUSE.split(text)
+    clauses = [p for i, p in enumerate(parts) if i % 2 == 0 and p.strip()]
+    if not clauses:
+        return text
+    if any("{" in c or "}" in c for c in clauses):
+        raise PhonemizerError(f"{text[:60]!r}: mixes ARPAbet in braces with text to phonemize; "
+                              "give one or the other")
+    ipa = _espeak_ipa(clauses, voice)
+    if len(ipa) != len(clauses):
+        # espeak-ng split or joined a clause: phonemize the clauses one by one.
+        ipa = [" ".join(_espeak_ipa([c], voice)) for c in clauses]
+    out: list[str] = []
+    k = 0
+    for i, part in enumerate(parts):
+        if i % 2:  # punctuation between clauses
+            out.append(part)
+        elif part.strip():
+            words = [ipa_to_arpabet(w) for w in ipa[k].split()]
+            groups = " ".join("{" + " ".join(w) + "}" for w in words if w)
+            lead = " " if part[:1].isspace() else ""
+            trail = " " if part[-1:].isspace() else ""
+            out.append(f"{lead}{groups}{trail}")
+            k += 1
+        else:
+            out.append(part)
+    return "".join(out).strip()
+
+
+def phonemize_all(texts: list[str], voice: str = "en-us", jobs: int = 2) -> list[str]:
+    """Many transcripts, espeak-ng runs in parallel."""
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(lambda t: phonemize(t, voice), texts))
