@@ -90,8 +90,71 @@ def test_synth_writes_a_playable_wav_and_alignment_plot(espeak_dataset, tmp_path
     assert rate == 22050 and info.subtype == "PCM_16" and info.channels == 1
     assert 0 < len(audio) <= 25 * 2 * 256 + 256 and abs(audio).max() <= 1.0
     assert out.with_suffix(".png").stat().st_size > 1000
-    # An untrained gate never fires: the user is told, not left guessing.
-    assert "gate never fired" in printed or "never fired" in printed
+    # An untrained model cannot say it in 25 steps: the user is told, not left guessing.
+    assert "warning: " in printed and ("cut off" in printed or "never fired" in printed or "too early" in printed)
+
+
+def _sabotaged(espeak_dataset, tmp_path, gate_bias: float) -> Path:
+    """A trained-for-2-steps checkpoint whose stop gate fires at once (+) or never (-)."""
+    import torch
+
+    cfg = micro_config(espeak_dataset, tmp_path / "run", train__max_steps=2)
+    Trainer(cfg).train()
+    ckpt = tmp_path / "run" / "checkpoints" / "checkpoint_00000002.pt"
+    data = torch.load(ckpt, weights_only=True)
+    data["state_dict"]["decoder.gate_layer.linear_layer.bias"].fill_(gate_bias)
+    data["state_dict"]["decoder.gate_layer.linear_layer.weight"].zero_()
+    out = tmp_path / f"gate_{gate_bias:+g}.pt"
+    torch.save(data, out)
+    return out
+
+
+def test_synth_says_when_the_gate_fires_at_once_or_the_text_is_cut_off(espeak_dataset, tmp_path, capsys):
+    at_once = _sabotaged(espeak_dataset, tmp_path / "a", 30.0)
+    assert main(["synth", "--checkpoint", str(at_once), "--text", "Printing, in the only sense with which we are "
+                 "at present concerned.", "--out", str(tmp_path / "a.wav"), "--griffin-lim-iters", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the stop gate fired after 0.0" in out and "far too early" in out
+    never = _sabotaged(espeak_dataset, tmp_path / "b", -30.0)
+    long_text = "This sentence is far too long to be said in three decoder steps by any model at all. " * 3
+    assert main(["synth", "--checkpoint", str(never), "--text", long_text, "--out", str(tmp_path / "b.wav"),
+                 "--max-decoder-steps", "3", "--griffin-lim-iters", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the text was cut off" in out and "split it into shorter sentences" in out
+
+
+def test_synth_and_eval_refuse_bad_input_in_one_line(espeak_dataset, tmp_path, capsys):
+    cfg = micro_config(espeak_dataset, tmp_path / "run", train__max_steps=2)
+    Trainer(cfg).train()
+    ckpt = tmp_path / "run" / "checkpoints" / "checkpoint_00000002.pt"
+    for text in ("", "   "):
+        assert main(["synth", "--checkpoint", str(ckpt), "--text", text, "--out", str(tmp_path / "x.wav")]) == 2
+        err = capsys.readouterr().err
+        assert "the text is empty" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.wav").exists()
+    other = micro_config(espeak_dataset, tmp_path / "run", model__attention_rnn_dim=48)
+    other_file = _write_config(tmp_path / "other.yaml", other)
+    for command in (["synth", "--text", "Hi.", "--out", str(tmp_path / "y.wav")], ["eval"]):
+        assert main([*command, "--checkpoint", str(ckpt), "--config", str(other_file)]) == 2
+        err = capsys.readouterr().err
+        assert "weights do not fit the model of its config" in err and "Traceback" not in err
+
+
+def test_eval_judges_a_checkpoint(espeak_dataset, tmp_path, capsys):
+    import json
+
+    at_once = _sabotaged(espeak_dataset, tmp_path, 30.0)
+    assert main(["eval", "--checkpoint", str(at_once), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    s = report["summary"]
+    assert (s["synthesized"], s["utterances"], s["premature"], s["spoken"], s["score"]) == (3, 2, 3, 0, 0.0)
+    assert s["gate_fired"] == 3  # the old "stop rate" would have called this 100 % healthy
+    assert [u["stop"] for u in report["utterances"]] == ["premature"] * 3
+    assert main(["eval", "--checkpoint", str(at_once), "--out", str(tmp_path / "ev"),
+                 "--set", "eval.speech.audio_probes=1"]) == 0
+    out = capsys.readouterr().out
+    assert "not spoken:" in out and "premature" in out and "speech: 0/2 spoken" in out
+    assert (tmp_path / "ev" / "step_00000000.json").is_file() and list((tmp_path / "ev").glob("*.wav"))
 
 
 def test_synth_on_a_corrupt_checkpoint_is_one_line(tmp_path, capsys):
@@ -116,9 +179,15 @@ def test_mlflow_gets_metrics_params_and_alignment_images(espeak_dataset, tmp_pat
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "diagonality")] == [2, 4]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "speech_score")] == [2, 4]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "speech_synthesized")] == [3.0, 3.0]
     assert run.data.params["model.n_frames_per_step"] == "2"
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "alignments")]
     assert "alignments/step_00000002.png" in artifacts
+    speech = {a.path for a in client.list_artifacts(run.info.run_id, "speech")}
+    # The inference alignment, the first probe's audio and the per-utterance verdicts.
+    assert {"speech/step_00000002_probe1.png", "speech/step_00000002_probe1.wav",
+            "speech/step_00000002.json"} <= speech
 
 
 def test_sigterm_checkpoints_and_exits_zero(espeak_dataset, tmp_path):
@@ -151,5 +220,9 @@ def test_demo_builds_data_trains_supervised_and_speaks(tmp_path):
     assert (out / "data" / "train.txt").is_file() and (out / "sample.wav").is_file()
     assert (out / "sample.png").is_file() and (out / "mlflow.db").is_file()
     assert (out / "journal.sqlite").is_file() and "daemon ready" in done.stdout + done.stderr
+    assert (out / "data" / "probes.txt").is_file()  # espeak-ng's recordings of the probe sentences
+    # Two steps cannot speak, and the demo says so plainly instead of "(stopped)".
+    assert "not speaking yet: 0 of 1 validation sentences spoken" in done.stdout
+    assert "run the demo again to continue" in done.stdout and "MCD-DTW" in done.stdout
     again = subprocess.run(args[:-1] + ["4"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 0 and "resumed from" in again.stdout and "at step 2" in again.stdout

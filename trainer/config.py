@@ -56,11 +56,18 @@ class TextConfig(_Section):
     language: Literal["en", "ru"] = "en"
     # Default: the language's own cleaners (english_cleaners / russian_cleaners).
     cleaners: list[str] = Field(default_factory=lambda: ["english_cleaners"])
+    # "espeak": English text is read as ARPAbet phones, phonemized by espeak-ng (its
+    # en-us rules, trainer/text/phonemes.py), in NVIDIA's brace notation: the symbol set
+    # and its 148 rows stay the same. Text already in braces is taken as it is.
+    phonemes: Literal["none", "espeak"] = "none"
 
     @model_validator(mode="after")
     def _language_cleaners(self) -> "TextConfig":
         if "cleaners" not in self.model_fields_set and self.language == "ru":
             self.__dict__["cleaners"] = ["russian_cleaners"]
+        if self.phonemes != "none" and self.language != "en":
+            raise ValueError("text.phonemes: espeak writes ARPAbet, an English phone set; use it with "
+                             "text.language: en (or set text.phonemes: none)")
         return self
 
 

@@ -30,7 +30,7 @@ from trainer.evaluate import Evaluator
 from trainer.loss import LossWeights, tacotron2_loss
 from trainer.model.tacotron2 import Tacotron2
 from trainer.schedule import LRSchedule
-from trainer.speech.freerun import build_free_running
+from trainer.speech.freerun import build_free_running, frames_per_token
 from trainer.speech.verdict import speech_rank
 from trainer.text import symbols_for
 
@@ -135,6 +135,8 @@ class Trainer:
         self.collate = Collate(config.model.n_frames_per_step)
         self.train_set = TextMelDataset(d.training_files, d, config.audio, config.text, progress=True)
         val_set = TextMelDataset(d.validation_files, d, config.audio, config.text)
+        # The data's speaking rate, saved with checkpoints: synth judges a result's length by it.
+        self.frames_per_token = frames_per_token([(u.n_frames, len(u.text_ids)) for u in self.train_set.items])
         self.sampler = BucketBatchSampler(self.train_set.lengths, d.batch_size, d.bucket_batches, config.train.seed)
         speech = build_free_running(val_set, config.eval, config.text, config.audio, d,
                                     config.model.n_frames_per_step, d.batch_size, self.run_dir / "speech")
@@ -357,6 +359,7 @@ class Trainer:
                 "applied_commands": list(self.applied_commands.items()),
                 "best_metric": self.best_metric,
                 "metrics": self.last_eval,
+                "frames_per_token": self.frames_per_token,
                 "extras": self.extras,
                 "saved_at": time.time(),
             },

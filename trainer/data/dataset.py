@@ -97,6 +97,12 @@ class TextMelDataset(Dataset):
         self.cache = MelCache(cache_root or data.cache_dir or Path(filelist).resolve().parent / ".mel_cache", audio)
         self.items: list[Utterance] = []
         too_long: list[str] = []
+        if text.phonemes == "espeak":
+            from trainer.text.phonemes import warm
+
+            made = warm([e.text for e in entries], self.cache.dir.parent / "phonemes.json")
+            if made and progress:
+                print(f"  phonemized {made} transcripts with espeak-ng", flush=True)
         max_frames = int(data.max_audio_seconds * audio.sampling_rate / audio.hop_length) + 1
         for i, entry in enumerate(entries):
             if not entry.audio_path.is_file():

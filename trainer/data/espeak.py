@@ -352,3 +352,24 @@ def build_espeak_dataset(
         + (f" ({made} made, {reused} already there)" if reused else "")
         + f"\nfilelists: {out_dir / 'train.txt'} and {out_dir / 'val.txt'}"
     )
+
+
+def speak_references(sentences: list[str], out_dir: str | Path, voice: str = "en-us", rate: int | None = None,
+                     name: str = "references") -> Path:
+    """Recordings of ``sentences`` (the probe sentences, say) by espeak-ng, for judging what a
+    model trained on espeak-ng data says: ``out_dir/wavs/NAME_<hash of the text>.wav`` and
+    the filelist ``out_dir/NAME.txt`` (``wavs/....wav|sentence``), both written atomically.
+    Existing valid clips are kept (the name changes with the text)."""
+    out_dir = Path(out_dir)
+    wav_dir = out_dir / "wavs"
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    exe = _find_espeak()
+    items = [Sentence(f"{name}_{hashlib.sha1(' '.join(s.split()).encode()).hexdigest()[:10]}", " ".join(s.split()))
+             for s in sentences]
+    for item in items:
+        if not item.text:
+            raise EspeakError(f"reference sentence {item.name} is empty")
+        _make_clip(exe, voice, rate, item, wav_dir)
+    filelist = out_dir / f"{name}.txt"
+    _write_atomic(filelist, "".join(f"wavs/{s.name}.wav|{s.text}\n" for s in items))
+    return filelist

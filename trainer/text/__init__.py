@@ -138,6 +138,10 @@ def text_to_sequence(text: str, config: TextConfig | None = None, strict: bool =
     transcripts in the wrong script or with unspoken markup. ``strict=False`` drops them.
     """
     alphabet = _alphabet(config)
+    if config is not None and config.phonemes == "espeak":
+        from trainer.text.phonemes import phonemize
+
+        text = phonemize(text)
     ids, unknown = _scan(text, alphabet)
     if unknown and strict:
         language = (config or TextConfig()).language

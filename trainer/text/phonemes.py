@@ -18,11 +18,14 @@ espeak-ng prints IPA (``--ipa``); :func:`ipa_to_arpabet` maps it. Stress marks
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from pathlib import Path
 
 from trainer.errors import UserError
 
@@ -98,15 +101,33 @@ def _espeak_ipa(clauses: list[str], voice: str) -> list[str]:
     return [line.strip() for line in run.stdout.decode("utf-8").splitlines() if line.strip()]
 
 
-def phonemize(text: str, voice: str = "en-us") -> str:
-    """A transcript in ARPAbet brace groups, punctuation kept; text already in braces is kept as it is."""
+# Phonemized texts of this process, (voice, text) -> phones: a dataset is phonemized
+# once (and kept on disk by :func:`warm`), every later lookup is a dict hit.
+_MEMO: dict[tuple[str, str], str] = {}
+_MEMO_LOCK = threading.Lock()
+VOICE = "en-us"
+
+
+def phonemize(text: str, voice: str = VOICE) -> str:
+    """A transcript in ARPAbet brace groups, punctuation kept; text that already has braces
+    (written in ARPAbet by hand, or phonemized before) is returned as it is."""
+    if "{" in text:
+        return text
+    key = (voice, text)
+    with _MEMO_LOCK:
+        known = _MEMO.get(key)
+    if known is None:
+        known = _phonemize(text, voice)
+        with _MEMO_LOCK:
+            _MEMO[key] = known
+    return known
+
+
+def _phonemize(text: str, voice: str) -> str:
     parts = _CLAUSE.split(text)
     clauses = [p for i, p in enumerate(parts) if i % 2 == 0 and p.strip()]
     if not clauses:
         return text
-    if any("{" in c or "}" in c for c in clauses):
-        raise PhonemizerError(f"{text[:60]!r}: mixes ARPAbet in braces with text to phonemize; "
-                              "give one or the other")
     ipa = _espeak_ipa(clauses, voice)
     if len(ipa) != len(clauses):
         # espeak-ng split or joined a clause: phonemize the clauses one by one.
@@ -128,7 +149,34 @@ def phonemize(text: str, voice: str = "en-us") -> str:
     return "".join(out).strip()
 
 
-def phonemize_all(texts: list[str], voice: str = "en-us", jobs: int = 2) -> list[str]:
+def phonemize_all(texts: list[str], voice: str = VOICE, jobs: int = 2) -> list[str]:
     """Many transcripts, espeak-ng runs in parallel."""
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         return list(pool.map(lambda t: phonemize(t, voice), texts))
+
+
+def warm(texts: list[str], cache_file: Path, voice: str = VOICE, jobs: int | None = None) -> int:
+    """Phonemize ``texts`` into this process's memo, reading and extending ``cache_file``
+    (JSON, text -> phones, written atomically) so that the next run does not call
+    espeak-ng again. Returns how many texts were phonemized now."""
+    import os
+
+    from trainer.fsutil import atomic_write
+
+    cache_file = Path(cache_file)
+    try:
+        saved = json.loads(cache_file.read_text(encoding="utf-8"))
+        saved = saved.get(voice, {}) if isinstance(saved, dict) else {}
+    except (OSError, ValueError):
+        saved = {}  # missing or unreadable: made again
+    with _MEMO_LOCK:
+        _MEMO.update({(voice, t): p for t, p in saved.items() if isinstance(p, str)})
+    todo = sorted({t for t in texts if "{" not in t and (voice, t) not in _MEMO})
+    if todo:
+        phonemize_all(todo, voice, jobs or os.cpu_count() or 1)
+        with _MEMO_LOCK:
+            everything = {t: p for (v, t), p in _MEMO.items() if v == voice}
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(cache_file, "w", durable=False, encoding="utf-8") as fh:
+            json.dump({voice: everything}, fh, ensure_ascii=False)
+    return len(todo)
