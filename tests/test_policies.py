@@ -372,8 +372,43 @@ def _aligning(diags=STALLED, ga: float = 0.0, hints=()):
                   evals=evals(diags, focus=0.3), data_hints=hints)
 
 
+# The stall ladder as it is when guided attention is not turned on at the start.
+WAIT = PolicyConfig.model_validate({"alignment_stall": {"guide_from_start": False}})
+
+
+def test_guided_attention_goes_on_at_the_first_aligning_evaluation():
+    w = Window(steps=steps(noisy(50), start=1000 - 49), evals=evals([0.30], focus=0.3))
+    [p] = run_rule("alignment_stall", "aligning", w)
+    assert p.actions == ({"kind": "set_guided_attention", "weight": 5.0},) and p.evidence["stage"] == "start"
+    assert "not aligned after warm-up" in p.reason
+    assert run_rule("alignment_stall", "aligning", w, cfg=WAIT) == []  # one evaluation: no stall to see yet
+    assert run_rule("alignment_stall", "aligning", w, Memory(fired={"alignment_stall": 1})) == []  # once per episode
+    on = Window(steps=steps(noisy(50), start=1000 - 49, ga=2.0), evals=w.evals)
+    assert run_rule("alignment_stall", "aligning", on) == []  # already on: the stall ladder decides
+    aligned = Window(steps=w.steps, evals=evals([0.95, 0.96], focus=0.7))
+    assert run_rule("alignment_stall", "aligning", aligned) == []
+
+
+def test_aligned_needs_inference_attention_that_reads():
+    """Teacher forcing can show a clean diagonal while free-running inference skips words."""
+    reads = [ev(1000, 0.97, speech=sp(read=8)), ev(2000, 0.98, speech=sp(read=9))]
+    skips = [ev(1000, 0.97, speech=sp(read=2)), ev(2000, 0.98, speech=sp(read=3))]
+    assert policies.is_aligned(reads, CFG) and not policies.is_aligned(skips, CFG)
+    assert policies.is_aligned(evals([0.97, 0.98]), CFG)  # no free-running figures: teacher-forced only
+
+
+def test_more_text_read_free_running_is_progress_not_a_stall():
+    flat = [0.97, 0.975, 0.97, 0.972]  # teacher-forced: flat and on the diagonal, focus flat too
+    reading = [ev(1000 * (i + 1), d, focus=0.5, speech=sp(read=r)) for i, (d, r) in enumerate(zip(flat, (1, 2, 4, 6)))]
+    stuck = [ev(1000 * (i + 1), d, focus=0.5, speech=sp(read=1)) for i, d in enumerate(flat)]
+    st = steps(noisy(50), start=4000 - 49, ga=5.0)
+    assert run_rule("alignment_stall", "aligning", Window(steps=st, evals=reading)) == []
+    [p] = run_rule("alignment_stall", "aligning", Window(steps=st, evals=stuck))
+    assert p.kind == "set_guided_attention"
+
+
 def test_stall_raises_guided_attention_first():
-    [p] = run_rule("alignment_stall", "aligning", _aligning())
+    [p] = run_rule("alignment_stall", "aligning", _aligning(), cfg=WAIT)
     assert p.kind == "set_guided_attention" and p.actions == ({"kind": "set_guided_attention", "weight": 5.0},)
     assert p.aim == "diagonality" and p.evidence["gain"] == pytest.approx(0.015)
     assert p.evidence["diagonality_before"] == 0.30 and p.evidence["diagonality_best"] == 0.315
@@ -418,14 +453,14 @@ def test_stall_quiet_while_focus_sharpens_on_a_flat_diagonal():
 
 
 def test_stall_quiet_while_improving_noisy_or_not():
-    assert run_rule("alignment_stall", "aligning", _aligning([0.3, 0.33, 0.36, 0.40])) == []
-    assert run_rule("alignment_stall", "aligning", _aligning([0.3, 0.28, 0.36, 0.33])) == []  # noisy, gained 0.06
-    assert run_rule("alignment_stall", "aligning", _aligning([0.3, 0.3, 0.3])) == []  # too few evaluations
+    assert run_rule("alignment_stall", "aligning", _aligning([0.3, 0.33, 0.36, 0.40]), cfg=WAIT) == []
+    assert run_rule("alignment_stall", "aligning", _aligning([0.3, 0.28, 0.36, 0.33]), cfg=WAIT) == []  # gained 0.06
+    assert run_rule("alignment_stall", "aligning", _aligning([0.3, 0.3, 0.3]), cfg=WAIT) == []  # too few evaluations
 
 
 def test_stall_waits_for_fresh_evaluations_after_acting():
     w = _aligning()
-    assert run_rule("alignment_stall", "aligning", w, Memory(last_step={"alignment_stall": 2000})) == []
+    assert run_rule("alignment_stall", "aligning", w, Memory(last_step={"alignment_stall": 2000}), WAIT) == []
     w2 = Window(steps=w.steps, evals=evals(STALLED + [0.31, 0.30, 0.32], focus=0.3))
     [p] = run_rule("alignment_stall", "aligning", w2, Memory(fired={"alignment_stall": 1},
                                                              last_step={"alignment_stall": 4000}))

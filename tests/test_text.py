@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -237,3 +239,36 @@ def test_russian_sequence_round_trip():
 
 def test_russian_rejects_latin_letters():
     assert unknown_characters("привет, world", RU) == ["d", "l", "o", "r", "w"]
+
+
+# -- phonemes (text.phonemes: espeak) ------------------------------------------------------
+def test_ipa_maps_to_arpabet_with_stress():
+    from trainer.text.phonemes import ipa_to_arpabet
+
+    assert ipa_to_arpabet("həlˈoʊ") == ["HH", "AH0", "L", "OW1"]
+    assert ipa_to_arpabet("pɹˈɪntɪŋ") == ["P", "R", "IH1", "N", "T", "IH0", "NG"]
+    assert ipa_to_arpabet("dʒˈʌmps") == ["JH", "AH1", "M", "P", "S"]
+    assert ipa_to_arpabet("ˌoʊvɚ") == ["OW2", "V", "ER0"]
+    assert ipa_to_arpabet("wˈɜːld") == ["W", "ER1", "L", "D"]
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_phonemes_keep_punctuation_and_the_symbol_set(tmp_path):
+    from trainer.config import TextConfig
+    from trainer.text import phonemes, sequence_to_text, symbols_for, text_to_sequence
+
+    text = "Printing, in the only sense."
+    ph = phonemes.phonemize(text)
+    assert ph.startswith("{P R IH1 N T IH0 NG},") and ph.endswith("{S EH1 N S}.")
+    cfg = TextConfig(phonemes="espeak")
+    assert len(symbols_for(cfg)) == 148  # NVIDIA's table: checkpoints still fit
+    assert sequence_to_text(text_to_sequence(text, cfg), cfg) == ph
+    assert text_to_sequence("{HH AH0 L OW1}", cfg) == text_to_sequence("{HH AH0 L OW1}")  # braces taken as they are
+    # A cache file makes the next process skip espeak-ng.
+    cache = tmp_path / "phonemes.json"
+    texts = ["A first sentence.", "And a second one, with a comma."]
+    assert phonemes.warm(texts, cache) == 2
+    phonemes._MEMO.clear()
+    assert phonemes.warm(texts, cache) == 0 and phonemes.phonemize(texts[1]).count(",") == 1
+    with pytest.raises(ValueError, match="text.language: en"):
+        TextConfig(language="ru", phonemes="espeak")

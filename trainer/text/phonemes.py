@@ -123,12 +123,17 @@ def phonemize(text: str, voice: str = VOICE) -> str:
     return known
 
 
-def _phonemize(text: str, voice: str) -> str:
+def _clauses(text: str) -> tuple[list[str], list[str]]:
     parts = _CLAUSE.split(text)
-    clauses = [p for i, p in enumerate(parts) if i % 2 == 0 and p.strip()]
+    return parts, [p for i, p in enumerate(parts) if i % 2 == 0 and p.strip()]
+
+
+def _phonemize(text: str, voice: str, ipa: list[str] | None = None) -> str:
+    parts, clauses = _clauses(text)
     if not clauses:
         return text
-    ipa = _espeak_ipa(clauses, voice)
+    if ipa is None:
+        ipa = _espeak_ipa(clauses, voice)
     if len(ipa) != len(clauses):
         # espeak-ng split or joined a clause: phonemize the clauses one by one.
         ipa = [" ".join(_espeak_ipa([c], voice)) for c in clauses]
@@ -149,10 +154,27 @@ def _phonemize(text: str, voice: str) -> str:
     return "".join(out).strip()
 
 
-def phonemize_all(texts: list[str], voice: str = VOICE, jobs: int = 2) -> list[str]:
-    """Many transcripts, espeak-ng runs in parallel."""
+def phonemize_all(texts: list[str], voice: str = VOICE, jobs: int = 2, batch: int = 100) -> list[str]:
+    """Many transcripts: ``batch`` texts per espeak-ng run, runs in parallel. A batch whose
+    output does not line up clause for clause (espeak-ng split a long clause) is done
+    text by text."""
+    def run(chunk: list[str]) -> list[str]:
+        todo = [t for t in chunk if "{" not in t and (voice, t) not in _MEMO]
+        clause_lists = [_clauses(t)[1] for t in todo]
+        flat = [c for cs in clause_lists for c in cs]
+        lines = _espeak_ipa(flat, voice) if flat else []
+        if len(lines) == len(flat):
+            k = 0
+            for text, cs in zip(todo, clause_lists):
+                phones = _phonemize(text, voice, lines[k:k + len(cs)])
+                k += len(cs)
+                with _MEMO_LOCK:
+                    _MEMO[(voice, text)] = phones
+        return [phonemize(t, voice) for t in chunk]
+
+    chunks = [texts[i:i + batch] for i in range(0, len(texts), batch)]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(lambda t: phonemize(t, voice), texts))
+        return [p for done in pool.map(run, chunks) for p in done]
 
 
 def warm(texts: list[str], cache_file: Path, voice: str = VOICE, jobs: int | None = None) -> int:
