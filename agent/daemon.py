@@ -179,6 +179,10 @@ def digest_text(summary: StatusSummary, run: str) -> str:
     if ev is not None:
         lines.append(f"eval at {ev.step}: val loss {ev.val_loss:.4f}, diagonality {ev.diagonality:.3f}, "
                      f"gate accuracy {ev.gate_accuracy:.3f}")
+        if ev.speech is not None:
+            from agent.views import speech_line
+
+            lines.append(f"speech: {speech_line(ev.speech.model_dump())}")
     if summary.steps_per_second:
         lines.append(f"speed: {summary.steps_per_second:.2f} steps/s")
     ck = summary.latest_checkpoint

@@ -58,7 +58,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     de = sub.add_parser("demo", help="build an espeak-ng dataset and train tiny-cpu on it (again: resumes)")
     de.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
     de.add_argument("--n", type=int, default=240, help="utterances to synthesise (default 240)")
-    de.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    de.add_argument("--steps", type=int, default=300,
+                    help="training steps (default 300); running the demo again trains that many more")
     de.add_argument("--config", default="tiny-cpu")
     de.set_defaults(func=_cmd_demo)
 
@@ -163,9 +164,14 @@ def demo_config(args: argparse.Namespace):
     if not (data_dir / "train.txt").exists():
         print(build_espeak_dataset(out_dir=data_dir, n=args.n, voice="en-us", sentences_file=None, max_chars=60,
                                    min_chars=15, val_fraction=DEMO_VAL_FRACTION, seed=1234, rate=None, jobs=None))
+    # Running the demo again continues the run for another --steps steps.
+    from trainer.checkpoint import CheckpointManager
+
+    done = CheckpointManager(args.out / "checkpoints", keep_last=1, keep_best=False).list()
+    start = done[-1].step if done else 0
     config = load_config(args.config, {
         "run_dir": str(args.out), "data.training_files": str(data_dir / "train.txt"),
-        "data.validation_files": str(data_dir / "val.txt"), "train.max_steps": args.steps,
+        "data.validation_files": str(data_dir / "val.txt"), "train.max_steps": start + args.steps,
     })
     references = speak_references(config.eval.probe_sentences, data_dir, name="probes")
     speech = config.eval.speech.model_copy(update={"probe_references": references})

@@ -101,6 +101,9 @@ class ModelConfig(_Section):
     gate_threshold: float = Field(0.5, gt=0, lt=1)
     p_attention_dropout: float = Field(0.1, ge=0, lt=1)
     p_decoder_dropout: float = Field(0.1, ge=0, lt=1)
+    # Dropout after each encoder and postnet convolution (NVIDIA: 0.5, fixed in their code).
+    encoder_dropout: float = Field(0.5, ge=0, lt=1)
+    postnet_dropout: float = Field(0.5, ge=0, lt=1)
     attention_rnn_dim: int = Field(1024, gt=0)
     attention_dim: int = Field(128, gt=0)
     attention_location_n_filters: int = Field(32, gt=0)
@@ -263,6 +266,11 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _best_without_speech(self) -> "RunConfig":
         uses_speech = self.checkpoint.best_metric in ("speech", "speech_score", "mcd_dtw")
+        s = self.eval.speech
+        if uses_speech and s.enabled and s.max_utterances == 0 and s.probe_references is None:
+            raise ValueError(f"checkpoint.best_metric {self.checkpoint.best_metric!r} compares free-running speech "
+                             "with recordings, and there are none: raise eval.speech.max_utterances above 0, give "
+                             "eval.speech.probe_references, or pick a teacher-forced metric such as val_loss")
         if uses_speech and not self.eval.speech.enabled:
             if "best_metric" in self.checkpoint.model_fields_set:
                 raise ValueError(f"checkpoint.best_metric {self.checkpoint.best_metric!r} needs the free-running "

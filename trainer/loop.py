@@ -358,6 +358,7 @@ class Trainer:
                 "skipped_steps": self.skipped_steps,
                 "applied_commands": list(self.applied_commands.items()),
                 "best_metric": self.best_metric,
+                "best_metric_name": self.config.checkpoint.best_metric,
                 "metrics": self.last_eval,
                 "frames_per_token": self.frames_per_token,
                 "extras": self.extras,
@@ -396,7 +397,10 @@ class Trainer:
             self.set_dropouts(ours["dropouts"])
         if self.scaler and ours.get("scaler"):
             self.scaler.load_state_dict(ours["scaler"])
-        self.best_metric = ours["best_metric"]
+        # A best value measured by another metric (the config changed, or a checkpoint from
+        # before best.pt followed speech) is on another scale: start the comparison afresh.
+        same = ours.get("best_metric_name", "val_loss") == self.config.checkpoint.best_metric
+        self.best_metric = ours["best_metric"] if same else math.inf
         self.last_eval = ours["metrics"]
         if restore_position:  # resume (not rollback): the run's own counters and place
             if config_changes:

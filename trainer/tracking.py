@@ -27,8 +27,8 @@ _STEP_FIELDS = ("loss", "mel_loss", "mel_postnet_loss", "gate_loss", "guided_att
 _EVAL_FIELDS = ("val_loss", "val_mel_loss", "val_mel_postnet_loss", "val_gate_loss", "val_guided_attention_loss",
                 "diagonality", "focus", "aligned_fraction", "gate_accuracy")
 # Free-running evaluation (EvalRecord.speech), logged as speech_<field>.
-_SPEECH_FIELDS = ("score", "mcd_dtw", "spoken", "utterances", "stopped", "premature", "runaway", "read",
-                  "synthesized", "gate_fired", "duration_ratio", "seconds")
+_SPEECH_FIELDS = ("score", "mcd_dtw", "spoken", "utterances", "stopped", "premature", "runaway", "gate_missed_end",
+                  "read", "synthesized", "gate_fired", "duration_ratio", "seconds")
 
 
 def default_tracking_uri(run_dir: Path) -> str:

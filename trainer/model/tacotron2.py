@@ -82,8 +82,10 @@ class Prenet(nn.Module):
 
 
 class Postnet(nn.Module):
-    def __init__(self, n_mels: int, channels: int, kernel_size: int, n_convolutions: int) -> None:
+    def __init__(self, n_mels: int, channels: int, kernel_size: int, n_convolutions: int,
+                 dropout: float = 0.5) -> None:
         super().__init__()
+        self.dropout = dropout
         dims = [n_mels] + [channels] * (n_convolutions - 1) + [n_mels]
         gains = ["tanh"] * (n_convolutions - 1) + ["linear"]
         self.convolutions = nn.ModuleList(
@@ -94,7 +96,7 @@ class Postnet(nn.Module):
         last = len(self.convolutions) - 1
         for i, conv in enumerate(self.convolutions):
             x = conv(x)
-            x = F.dropout(x if i == last else torch.tanh(x), 0.5, self.training)
+            x = F.dropout(x if i == last else torch.tanh(x), self.dropout, self.training)
         return x
 
 
@@ -107,10 +109,11 @@ class Encoder(nn.Module):
             for i in range(cfg.encoder_n_convolutions)
         )
         self.lstm = nn.LSTM(dim, dim // 2, 1, batch_first=True, bidirectional=True)
+        self.dropout = cfg.encoder_dropout
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         for conv in self.convolutions:
-            x = F.dropout(F.relu(conv(x)), 0.5, self.training)
+            x = F.dropout(F.relu(conv(x)), self.dropout, self.training)
         x = x.transpose(1, 2)
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
@@ -256,7 +259,8 @@ class Tacotron2(nn.Module):
         self.embedding.weight.data.uniform_(-bound, bound)
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg, n_mels)
-        self.postnet = Postnet(n_mels, cfg.postnet_embedding_dim, cfg.postnet_kernel_size, cfg.postnet_n_convolutions)
+        self.postnet = Postnet(n_mels, cfg.postnet_embedding_dim, cfg.postnet_kernel_size, cfg.postnet_n_convolutions,
+                               cfg.postnet_dropout)
 
     def encode(self, text: torch.Tensor, text_lengths: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.embedding(text).transpose(1, 2), text_lengths)

@@ -138,7 +138,7 @@ class FreeRunningEvaluator:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         stem = f"step_{step:08d}"
         details = self.out_dir / f"{stem}.json"
-        payload = {"step": step, "summary": result.summary.model_dump(mode="json"),
+        payload = {"step": step, "wall_time": time.time(), "summary": result.summary.model_dump(mode="json"),
                    "utterances": [u.model_dump(mode="json") for u in result.utterances]}
         with atomic_write(details, "w", durable=False, encoding="utf-8") as fh:
             fh.write(json.dumps(payload, indent=1, allow_nan=True))

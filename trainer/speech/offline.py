@@ -2,8 +2,10 @@
 
 The checkpoint's weights, the run's validation set and probe sentences: our
 checkpoints carry their config; an NVIDIA checkpoint needs ``--config`` (its data
-section says where the validation set is). The same seed as in training, so the
-figures equal the ones the run logged at that step.
+section says where the validation set is). Runs on the CPU with the evaluation's
+seed: the same checkpoint always gets the same verdicts. They can differ a little from
+the figures the run logged at that step, where the free-running pass drew its prenet
+dropout after the teacher-forced batches (and maybe on a GPU).
 """
 
 from __future__ import annotations
