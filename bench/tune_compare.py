@@ -73,10 +73,16 @@ def run_study_bench(args) -> list[dict]:
 
 
 def _final_eval(trainer) -> dict:
+    from agent.tuner.config import tuner_config
+    from agent.tuner.objective import score
+
     record = trainer.evaluate()
+    s = record.speech
     return {"val_loss": record.val_loss, "val_mel_postnet_loss": record.val_mel_postnet_loss,
             "diagonality": record.diagonality, "gate_accuracy": record.gate_accuracy,
-            "probe_stop_rate": record.probe_stop_rate}
+            "speech": f"{s.spoken}/{s.utterances}" if s else "-", "mcd_dtw": record.mcd_dtw,
+            "read": f"{s.read}/{s.synthesized}" if s else "-",
+            "objective": score(record, tuner_config(trainer.config.tuner).objective).total}
 
 
 def run_inrun_bench(args) -> list[dict]:
@@ -160,11 +166,12 @@ def main() -> int:
         results["inrun"] = arms
         print(f"\nIn-run tuning vs none at {args.total_steps} total steps ({args.config}; round at step "
               f"{args.fork_at}: {args.round_trials} trials x {args.round_steps} steps)")
-        print_rows(["arm", "main-line steps", "trial steps", "val loss", "val mel (postnet)", "diagonality",
-                    "gate acc", "minutes"],
-                   [[a["arm"], str(a["main_steps"]), str(a["trial_steps"]), f"{a['val_loss']:.4f}",
-                     f"{a['val_mel_postnet_loss']:.4f}", f"{a['diagonality']:.3f}", f"{a['gate_accuracy']:.3f}",
-                     f"{a['minutes']:.1f}"] for a in arms])
+        print_rows(["arm", "main-line steps", "trial steps", "objective", "spoken", "MCD-DTW dB", "read",
+                    "val mel (postnet)", "diagonality", "minutes"],
+                   [[a["arm"], str(a["main_steps"]), str(a["trial_steps"]), f"{a['objective']:.3f}", a["speech"],
+                     f"{a['mcd_dtw']:.2f}" if a["mcd_dtw"] is not None else "-", a["read"],
+                     f"{a['val_mel_postnet_loss']:.4f}", f"{a['diagonality']:.3f}", f"{a['minutes']:.1f}"]
+                    for a in arms])
         if "trials" in arms[1]:
             print("round trials (number, state, steps, objective):", arms[1]["trials"])
     if args.json:

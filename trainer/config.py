@@ -127,6 +127,9 @@ class LossConfig(_Section):
     # Guided-attention loss (Tachibana et al. 2017); 0 turns it off.
     guided_attention_weight: float = Field(0.0, ge=0)
     guided_attention_sigma: float = Field(0.2, gt=0)
+    # The spectrogram loss: "mse" (NVIDIA's) or "l1" (Tacotron 1's; less pull toward the
+    # average frame while the model is unsure).
+    mel_loss: Literal["mse", "l1"] = "mse"
 
 
 class OptimConfig(_Section):

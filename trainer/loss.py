@@ -24,17 +24,18 @@ class LossWeights:
     gate_pos_weight: float
     guided_attention_weight: float
     guided_attention_sigma: float
+    mel_loss: str = "mse"  # fixed for a run (loss.mel_loss); carried here so every caller uses the same
 
     @classmethod
     def from_config(cls, cfg: LossConfig) -> "LossWeights":
-        return cls(cfg.gate_pos_weight, cfg.guided_attention_weight, cfg.guided_attention_sigma)
+        return cls(cfg.gate_pos_weight, cfg.guided_attention_weight, cfg.guided_attention_sigma, cfg.mel_loss)
 
     def state_dict(self) -> dict[str, float]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "mel_loss"}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         for key, value in state.items():
-            if hasattr(self, key):
+            if hasattr(self, key) and key != "mel_loss":
                 setattr(self, key, float(value))
 
 
@@ -66,8 +67,9 @@ def tacotron2_loss(out: TacotronOutput, mel_target: torch.Tensor, gate_target: t
     """``gate_target`` is per decoder step [B, T/r] (see data.collate); losses are in float32."""
     frame_mask = lengths_to_mask(mel_lengths, mel_target.size(2)).unsqueeze(1)  # [B, 1, T]
     n_values = frame_mask.sum() * mel_target.size(1)
-    mel = ((out.mel.float() - mel_target) ** 2 * frame_mask).sum() / n_values
-    mel_post = ((out.mel_postnet.float() - mel_target) ** 2 * frame_mask).sum() / n_values
+    error = (lambda x: (x - mel_target).abs()) if weights.mel_loss == "l1" else (lambda x: (x - mel_target) ** 2)
+    mel = (error(out.mel.float()) * frame_mask).sum() / n_values
+    mel_post = (error(out.mel_postnet.float()) * frame_mask).sum() / n_values
 
     step_lengths = (mel_lengths + r - 1) // r
     step_mask = lengths_to_mask(step_lengths, gate_target.size(1))
