@@ -291,9 +291,20 @@ def train_loss_at(steps: Sequence[StepTelemetry], step: int, n: int, min_records
     return median(vals) if len(vals) >= min_records else None
 
 
+def has_speech(e: EvalRecord) -> bool:
+    return e.mcd_dtw is not None and e.speech_score is not None and e.speech is not None
+
+
+def comparable_speech(e: EvalRecord) -> bool:
+    """An evaluation whose MCD-DTW can be compared with another's: most of its utterances
+    stopped in range. A runaway's MCD-DTW is not (DTW picks the best of many babbled
+    frames: tiny-cpu's runaways at step 150 scored 4.5 dB, its first real sentences 5.9)."""
+    return has_speech(e) and e.speech.synthesized > 0 and e.speech.stopped / e.speech.synthesized >= 0.5
+
+
 def _speech_evals(evals: Sequence[EvalRecord]) -> bool:
-    """Every evaluation has a measured MCD-DTW and speech score."""
-    return bool(evals) and all(e.mcd_dtw is not None and e.speech_score is not None for e in evals)
+    """Every evaluation has comparable free-running figures."""
+    return bool(evals) and all(comparable_speech(e) for e in evals)
 
 
 def find_overfit(steps: Sequence[StepTelemetry], evals: Sequence[EvalRecord], cfg: OverfitConfig) -> Overfit | None:
@@ -307,6 +318,8 @@ def find_overfit(steps: Sequence[StepTelemetry], evals: Sequence[EvalRecord], cf
         return None
     span = evals[-cfg.rising_evals - 1:]
     speech = _speech_evals(span)
+    if not speech and any(has_speech(e) for e in span):
+        return None  # free-running figures, but not comparable yet: judge nothing on teacher forcing
     vals = [e.mcd_dtw if speech else e.val_loss for e in span]
     if not all(math.isfinite(v) for v in vals) or vals[0] <= 0:
         return None
@@ -351,9 +364,12 @@ def find_plateau(evals: Sequence[EvalRecord], cfg: PlateauConfig) -> Plateau | N
         return None
     judged = evals[-cfg.evals:]
     earlier = evals[:-cfg.evals]
-    speech = _speech_evals(judged) and _speech_evals(earlier[-1:])
+    speech = any(has_speech(e) for e in judged)
     if speech:
-        earlier = [e for e in earlier if e.mcd_dtw is not None and e.speech_score is not None]
+        # Only evaluations whose MCD-DTW means something; too few of them: too early to tell.
+        if not _speech_evals(judged):
+            return None
+        earlier = [e for e in earlier if comparable_speech(e)]
 
     def metric(e: EvalRecord) -> float:
         return e.mcd_dtw if speech else e.val_loss

@@ -508,6 +508,15 @@ def test_decay_waits_after_a_collapse():
     assert p.actions[0]["weight"] == 0.5
 
 
+def test_decay_waits_until_the_model_speaks():
+    speaking = [ev(1000, 0.97, speech=sp(spoken=5)), ev(2000, 0.97, speech=sp(spoken=6))]
+    silent = [ev(1000, 0.97, speech=sp(spoken=1)), ev(2000, 0.97, speech=sp(spoken=2))]
+    st = steps(noisy(20), start=2000 - 19, ga=5.0)
+    [p] = run_rule("attention_decay", "stable", Window(steps=st, evals=speaking))
+    assert p.actions == ({"kind": "set_guided_attention", "weight": 2.5},) and "6 of 8 utterances are spoken" in p.reason
+    assert run_rule("attention_decay", "stable", Window(steps=st, evals=silent)) == []
+
+
 def test_decay_not_while_aligning():
     assert only(propose("aligning", _stable([0.91, 0.93, 0.94])), "attention_decay") == []
 
@@ -693,6 +702,17 @@ def test_plateau_with_free_running_figures_follows_speech():
     assert run_rule("plateau", "stable", speaking) == []
     improving = _speech_plateau([3.0, 2.8, 2.6, 2.5, 2.4, 2.3, 2.2, 2.1], [0] * 8)
     assert run_rule("plateau", "stable", improving) == []
+
+
+def test_plateau_ignores_the_mcd_of_runaways():
+    """Runaways babble past their text and DTW picks whichever frames fit: their MCD-DTW
+    (4.5 dB here) must not become the 'earlier best' a healthy run is measured against
+    (tiny-cpu's first real sentences scored 5.9 dB, then improved)."""
+    runaway = [ev(1000 * (i + 1), speech=sp(mcd=4.5, runaway=10, missed_end=0)) for i in range(3)]
+    healthy = [ev(1000 * (i + 4), speech=sp(mcd=m)) for i, m in enumerate([5.9, 5.8, 5.4, 5.3, 5.0])]
+    w = Window(steps=steps(noisy(20), start=8000 - 19), evals=runaway + healthy)
+    assert run_rule("plateau", "stable", w) == []
+    assert not policies.is_plateau(runaway + healthy[:2], CFG)
 
 
 def test_plateau_quiet_while_improving_or_overfitting():

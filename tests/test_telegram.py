@@ -25,7 +25,9 @@ from agent.notify import FloodGate, Relay, group_text, telegram_channel
 from agent.paths import journal_path
 from agent.bot_token import ENV_FILE_ENV, TOKEN_ENV, Redactor, bot_token
 from agent.views import decide
-from trainer.control import CommandResult, EvalRecord, Rollback, SetGatePosWeight, SetLearningRate, StepTelemetry
+from trainer.control import (
+    CommandResult, EvalRecord, Rollback, SetGatePosWeight, SetLearningRate, SpeechSummary, StepTelemetry,
+)
 
 from telegram_standin import BotApiStandIn
 
@@ -301,14 +303,19 @@ def test_status_history_and_pause_reply_from_the_journal(run_dir, standin, start
         j.add_steps(steps)
         j.add_eval(EvalRecord(step=20, wall_time=t0 + 20, val_loss=2.0625, val_mel_loss=0.7, val_mel_postnet_loss=0.6,
                               val_gate_loss=0.2, val_guided_attention_loss=0.0, diagonality=0.4375, focus=0.3125,
-                              aligned_fraction=0.5, gate_accuracy=0.8125))
+                              aligned_fraction=0.5, gate_accuracy=0.8125, speech_score=0.375, mcd_dtw=2.875,
+                              speech=SpeechSummary(synthesized=10, utterances=8, spoken=3, score=0.375,
+                                                   mcd_dtw=2.875, stopped=9, premature=1, runaway=0,
+                                                   gate_missed_end=0, read=9, gate_fired=10, duration_ratio=1.0,
+                                                   seconds=0.5)))
         j.record_phase("aligning", step=20, reason="warm-up over")
         start_bot()
         standin.inject_message(CHAT, USER, "/status")
         status = standin.wait_for(lambda: [m for m in standin.sent_to(CHAT) if "phase     aligning" in m["text"]],
                                   what="the /status reply")[0]["text"]
         for number in ("step      20 / 120", "loss 1.0500", "lr 0.00025", "val loss 2.0625", "diagonality 0.438",
-                       "accuracy 0.812", "1.00 steps/s", "ETA 1m 40s"):
+                       "accuracy 0.812", "1.00 steps/s", "ETA 1m 40s", "3 of 8 spoken (38%), MCD-DTW 2.88 dB",
+                       "9 in range, 1 early, 0 runaway"):
             assert number in status, (number, status)
         standin.inject_message(CHAT, USER, "/pause")
         reply = standin.wait_for(lambda: [m for m in standin.sent_to(CHAT) if m["text"].startswith("queued pause")],

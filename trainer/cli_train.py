@@ -57,9 +57,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     de = sub.add_parser("demo", help="build an espeak-ng dataset and train tiny-cpu on it (again: resumes)")
     de.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
-    de.add_argument("--n", type=int, default=240, help="utterances to synthesise (default 240)")
-    de.add_argument("--steps", type=int, default=300,
-                    help="training steps (default 300); running the demo again trains that many more")
+    de.add_argument("--n", type=int, default=1900, help="utterances to synthesise (default 1900)")
+    de.add_argument("--steps", type=int, default=1000,
+                    help="training steps (default 1000); running the demo again trains that many more")
     de.add_argument("--config", default="tiny-cpu")
     de.set_defaults(func=_cmd_demo)
 

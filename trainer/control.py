@@ -68,7 +68,7 @@ class SpeechSummary(_Record):
     stopped: int  # the gate fired within [premature_ratio, runaway_ratio] x the true length
     premature: int  # fired before premature_ratio x the true length
     runaway: int  # fired after runaway_ratio x the true length, or never
-    gate_missed_end: int  # runaways whose inference attention had reached the end of the text
+    gate_missed_end: int  # runaways whose inference attention had read the text through to its end
     read: int  # inference attention read the text cleanly to its end
     gate_fired: int  # raw count: the gate fired at all, however early (not a quality signal)
     duration_ratio: float  # median generated / true length

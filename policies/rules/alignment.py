@@ -99,6 +99,8 @@ def attention_decay(phase: Phase, window: Window, memory: Memory, cfg: PolicyCon
 
     if not holds(latest):
         return []
+    if latest.speech_score is not None and latest.speech_score < c.min_speech_score:
+        return []  # not speaking yet: keep guiding
     collapsed_at = memory.last(COLLAPSE)
     if collapsed_at is not None:
         since_collapse = [e for e in window.evals if e.step > collapsed_at]
@@ -114,7 +116,11 @@ def attention_decay(phase: Phase, window: Window, memory: Memory, cfg: PolicyCon
                   "new_guided_attention_weight": new},
         aim="diagonality", severity="low", step=latest.step,
         reason=(f"Attention is aligned and holding (diagonality {latest.diagonality:.3f}, best {best:.3f}, "
-                f"focus {latest.focus:.3f}); guided-attention weight {g(ga)} -> {g(new)}."))]
+                f"focus {latest.focus:.3f}){_speaking(latest)}; guided-attention weight {g(ga)} -> {g(new)}."))]
+
+
+def _speaking(e) -> str:
+    return f" and {e.speech.spoken} of {e.speech.utterances} utterances are spoken" if e.speech else ""
 
 
 def attention_collapse(phase: Phase, window: Window, memory: Memory, cfg: PolicyConfig) -> list[Proposal]:

@@ -44,8 +44,9 @@ class AttentionHealth:
     longest_hold: int
     focus: float
 
-    def problems(self, limits: AttentionLimits) -> list[str]:
-        """What is wrong, in words; empty when the attention read the text cleanly."""
+    def problems(self, limits: AttentionLimits, hold: bool = True) -> list[str]:
+        """What is wrong, in words; empty when the attention read the text cleanly.
+        ``hold=False`` leaves out staying on one token (a runaway parks on the last one)."""
         out = []
         if not self.reached_end:
             out.append("did not reach the end of the text")
@@ -57,7 +58,7 @@ class AttentionHealth:
             out.append(f"skipped {self.max_skip} tokens at once")
         if self.max_repeat > limits.max_repeat_tokens:
             out.append(f"went back {self.max_repeat} tokens")
-        if self.longest_hold > limits.max_hold_steps:
+        if hold and self.longest_hold > limits.max_hold_steps:
             out.append(f"stayed {self.longest_hold} steps on one token")
         return out
 

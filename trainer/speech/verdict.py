@@ -58,6 +58,9 @@ class UtteranceSpeech(BaseModel):
     coverage: float
     monotonic: float
     reached_end: bool
+    # Read the text to its end without skips or repeats (holding on a token allowed): a
+    # runaway that did so is the gate's trouble, not the attention's.
+    read_through: bool
     max_skip: int
     max_repeat: int
     longest_hold: int
@@ -127,7 +130,8 @@ def judge(*, name: str, kind: Literal["validation", "probe"], text: str, mel: np
     return UtteranceSpeech(
         name=name, kind=kind, text=text, frames=frames, expected_frames=expected, has_reference=reference is not None,
         duration_ratio=frames / expected, gate_fired=gate_fired, stop=stop, coverage=health.coverage,
-        monotonic=health.monotonic, reached_end=health.reached_end, max_skip=health.max_skip,
+        monotonic=health.monotonic, reached_end=health.reached_end,
+        read_through=not health.problems(limits, hold=False), max_skip=health.max_skip,
         max_repeat=health.max_repeat, longest_hold=health.longest_hold, focus=health.focus, read=not problems,
         attention_problems=problems, mcd_dtw=distance, mcd_contrast=contrast, spoken=spoken)
 
@@ -142,7 +146,7 @@ def summarize(utterances: Sequence[UtteranceSpeech], seconds: float) -> SpeechSu
         mcd_dtw=statistics.fmean(u.mcd_dtw if u.mcd_dtw is not None else math.nan for u in judged) if judged else None,
         stopped=sum(u.stop == "stopped" for u in utterances), premature=sum(u.stop == "premature" for u in utterances),
         runaway=sum(u.stop == "runaway" for u in utterances),
-        gate_missed_end=sum(u.stop == "runaway" and u.reached_end for u in utterances),
+        gate_missed_end=sum(u.stop == "runaway" and u.read_through for u in utterances),
         read=sum(u.read for u in utterances),
         gate_fired=sum(u.gate_fired for u in utterances),
         duration_ratio=statistics.median(u.duration_ratio for u in utterances) if utterances else math.nan,
