@@ -508,13 +508,15 @@ def test_decay_waits_after_a_collapse():
     assert p.actions[0]["weight"] == 0.5
 
 
-def test_decay_waits_until_the_model_speaks():
+def test_decay_can_wait_until_the_model_speaks():
     speaking = [ev(1000, 0.97, speech=sp(spoken=5)), ev(2000, 0.97, speech=sp(spoken=6))]
     silent = [ev(1000, 0.97, speech=sp(spoken=1)), ev(2000, 0.97, speech=sp(spoken=2))]
     st = steps(noisy(20), start=2000 - 19, ga=5.0)
-    [p] = run_rule("attention_decay", "stable", Window(steps=st, evals=speaking))
+    wait = PolicyConfig.model_validate({"attention_decay": {"min_speech_score": 0.5}})
+    [p] = run_rule("attention_decay", "stable", Window(steps=st, evals=speaking), cfg=wait)
     assert p.actions == ({"kind": "set_guided_attention", "weight": 2.5},) and "6 of 8 utterances are spoken" in p.reason
-    assert run_rule("attention_decay", "stable", Window(steps=st, evals=silent)) == []
+    assert run_rule("attention_decay", "stable", Window(steps=st, evals=silent), cfg=wait) == []
+    assert run_rule("attention_decay", "stable", Window(steps=st, evals=silent))  # default: as soon as aligned
 
 
 def test_decay_not_while_aligning():

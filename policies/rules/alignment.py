@@ -99,7 +99,7 @@ def attention_decay(phase: Phase, window: Window, memory: Memory, cfg: PolicyCon
 
     if not holds(latest):
         return []
-    if latest.speech_score is not None and latest.speech_score < c.min_speech_score:
+    if c.min_speech_score and latest.speech_score is not None and latest.speech_score < c.min_speech_score:
         return []  # not speaking yet: keep guiding
     collapsed_at = memory.last(COLLAPSE)
     if collapsed_at is not None:
