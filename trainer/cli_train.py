@@ -190,8 +190,8 @@ def demo_sample(config) -> dict:
     from trainer.callbacks import describe_speech
     from trainer.data.filelist import read_filelist
     from trainer.inference import synthesize_to_files
-    from trainer.speech.mcd import mcd_dtw
     from trainer.speech.offline import evaluate_checkpoint
+    from trainer.speech.verdict import attention_limits, judge
 
     best = config.run_dir / "checkpoints" / "best.pt"
     ckpt = best if best.exists() else sorted((config.run_dir / "checkpoints").glob("checkpoint_*.pt"))[-1]
@@ -205,11 +205,18 @@ def demo_sample(config) -> dict:
     recording = next((e for e in read_filelist(refs) if e.text.strip() == sentence.strip()), None) if refs else None
     if recording is not None:
         ref_mel = mel_spectrogram(load_wav(recording.audio_path)[0], a)
-        ratio = result.mel.shape[1] / ref_mel.shape[1]
-        distance = mcd_dtw(result.mel, ref_mel)
-        report.update(duration_ratio=ratio, mcd_dtw=distance)
-        line += (f"\n  against espeak-ng's recording of it: {ratio:.2f}x its length, MCD-DTW {distance:.2f} dB "
-                 f"(two different espeak-ng sentences are 4.7-6.6 dB apart, the same one at another rate 0.8-1.3)")
+        # The sample judged as the free-running evaluation judges an utterance, its
+        # contrast measured against the validation sentences' recordings.
+        others = [mel_spectrogram(load_wav(e.audio_path)[0], a)
+                  for e in read_filelist(config.data.validation_files)[:config.eval.speech.max_utterances]]
+        verdict = judge(name="sample", kind="probe", text=sentence, mel=result.mel, alignment=result.alignment,
+                        gate_fired=result.stopped, expected_frames=ref_mel.shape[1], reference=ref_mel,
+                        cfg=config.eval.speech, limits=attention_limits(config.eval.speech, config.model.n_frames_per_step,
+                                                                        a.sampling_rate / a.hop_length),
+                        other_references=others)
+        report.update(duration_ratio=verdict.duration_ratio, mcd_dtw=verdict.mcd_dtw, sample_spoken=verdict.spoken)
+        line += (f"\n  against espeak-ng's recording of the sentence: {verdict.describe()} (two different "
+                 f"espeak-ng sentences are 4.7-6.6 dB apart, the same one at another rate 0.8-1.3)")
     for problem in result.problems:
         line += f"\n  {problem}"
     print(line)
