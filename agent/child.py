@@ -61,8 +61,12 @@ def _train(config_path: str, state: dict[str, Any]) -> int:
     from agent.paths import journal_path
     from agent.port import JournalPort
     from trainer.config import load_config
+    from trainer.runlock import hold_train_lock
 
     config = load_config(config_path)
+    # One trainer per run: a `smart-tuner train` on this folder is refused while this
+    # child lives (and this child is refused while one trains it). Held until exit.
+    state["lock"] = hold_train_lock(config.run_dir, supervised=True)
     # The daemon checkpoints the WAL from a periodic job: no 5-50 ms stalls in a step.
     port = JournalPort(journal_path(config.run_dir), autocheckpoint=False)
     try:

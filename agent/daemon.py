@@ -8,7 +8,8 @@
 2. builds the supervisor (``agent.supervisor.Supervisor``), which restores its phase
    and pending proposals from the journal;
 3. stops an orphaned trainer left by a daemon that was killed (``kill -9``): the pid
-   file names it, ``/proc/PID/cmdline`` confirms it is this run's ``agent.child``;
+   file names it, ``/proc/PID/cmdline`` confirms it is this run's ``agent.child``; and
+   refuses a run another process trains (``smart-tuner train`` holds ``RUN/train.lock``);
 4. starts the child ``python -m agent.child --config RUN/run-config.yaml`` (it
    resumes from the newest good checkpoint), its output appended to ``RUN/trainer.log``
    and echoed to the console by a thread that follows that file;
@@ -60,6 +61,7 @@ from agent.config import SupervisorConfig
 from agent.journal import Journal, StatusSummary
 from agent.paths import child_config_path, journal_path, trainer_log_path
 from agent.procs import describe_exit, proc_alive
+from trainer import runlock
 from trainer.config import RunConfig
 from trainer.errors import UserError
 from trainer.fsutil import atomic_write
@@ -83,8 +85,9 @@ def child_pid_path(run_dir: str | Path) -> Path:
 
 
 def daemon_lock_path(run_dir: str | Path) -> Path:
-    """Held (flock) by the run's daemon while it lives; released by the kernel on any exit."""
-    return Path(run_dir) / "daemon.lock"
+    """Held (flock) by the run's daemon while it lives; released by the kernel on any exit.
+    ``smart-tuner train`` refuses a run folder whose daemon lock is held (trainer.runlock)."""
+    return runlock.daemon_lock_path(run_dir)
 
 
 class SupervisorLike(Protocol):
@@ -356,6 +359,7 @@ class Daemon:
         try:
             self._setup()
             self._stop_orphan()
+            self._refuse_other_trainer()
             if self._stop.is_set():
                 return EXIT_OK
             self._launch(restart_detail=None)
@@ -398,6 +402,13 @@ class Daemon:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+
+    def _refuse_other_trainer(self) -> None:
+        """A trainer that is not this daemon's (``smart-tuner train``) holds the run's train lock."""
+        holder = runlock.lock_holder(runlock.train_lock_path(self.run_dir))
+        if holder is not None and holder.isdigit() and proc_alive(int(holder)):
+            raise UserError(f"{self.run_dir} is being trained by another process (pid {holder}); stop it first "
+                            "or use another run_dir")
 
     def _loop(self) -> int:
         stalled = 0  # consecutive failed children that made no progress

@@ -125,6 +125,7 @@ def main() -> int:
     ap.add_argument("--target", type=float, default=0.75, help="speech score that counts as speaking")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, both arms")
     ap.add_argument("--arms", default="unsupervised,supervised")
+    ap.add_argument("--cores", default="0,1", help="the core each arm is pinned to, in --arms order")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -135,8 +136,9 @@ def main() -> int:
 
         probes = load_config(args.config).eval.probe_sentences
         references = build_data(args.out, args.n, probes)
-        procs = [launch(arm, core, args.out, args, references)
-                 for core, arm in enumerate(a for a in args.arms.split(",") if a)]
+        arms = [a for a in args.arms.split(",") if a]
+        cores = [int(c) for c in args.cores.split(",")]
+        procs = [launch(arm, core, args.out, args, references) for arm, core in zip(arms, cores, strict=True)]
         codes = [p.wait() for p in procs]
         if any(codes):
             print(f"a run failed (exit codes {codes}); see {args.out}/*.log", file=sys.stderr)

@@ -65,21 +65,27 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def run_training(config, resume=False, warm_start=None, ignore_layers=(), mlflow=True) -> str:
-    """Build a vanilla (unsupervised) trainer with console and MLflow callbacks and run it."""
-    from trainer.callbacks import ConsoleProgress
-    from trainer.loop import Trainer
+    """Build a vanilla (unsupervised) trainer with console and MLflow callbacks and run it.
 
-    callbacks: list = [ConsoleProgress(config.train.log_every)]
-    if mlflow and config.tracking.enabled:
-        from trainer.tracking import MlflowLogger
+    It holds the run's train lock throughout: a run folder that another trainer trains,
+    or that a live daemon supervises, is refused (UserError naming its pid)."""
+    from trainer.runlock import hold_train_lock
 
-        callbacks.append(MlflowLogger(config.tracking, config.run_dir))
-    trainer = Trainer(config, callbacks=callbacks, resume=resume, warm_start=warm_start,
-                      ignore_layers=ignore_layers)
-    # SIGTERM/SIGINT: finish the step, write a final checkpoint, exit 0.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: trainer.request_stop(signal.Signals(signum).name))
-    return trainer.train()
+    with hold_train_lock(config.run_dir):
+        from trainer.callbacks import ConsoleProgress
+        from trainer.loop import Trainer
+
+        callbacks: list = [ConsoleProgress(config.train.log_every)]
+        if mlflow and config.tracking.enabled:
+            from trainer.tracking import MlflowLogger
+
+            callbacks.append(MlflowLogger(config.tracking, config.run_dir))
+        trainer = Trainer(config, callbacks=callbacks, resume=resume, warm_start=warm_start,
+                          ignore_layers=ignore_layers)
+        # SIGTERM/SIGINT: finish the step, write a final checkpoint, exit 0.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: trainer.request_stop(signal.Signals(signum).name))
+        return trainer.train()
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
