@@ -229,3 +229,11 @@ def test_griffin_lim_handles_a_mel_of_a_few_frames(frames):
     mel = mel_spectrogram(chirps(0.3))[:, :frames]
     audio = griffin_lim(mel, n_iter=3)
     assert audio.shape == ((frames - 1) * 256,) and np.isfinite(audio).all()
+
+
+def test_griffin_lim_of_one_frame_or_none_is_silence_not_a_crash():
+    """A model whose gate fires at its first decoder step (r = 1) says one frame."""
+    for frames in (0, 1):
+        audio = griffin_lim(np.full((80, frames), -5.0, dtype=np.float32), n_iter=2)
+        assert audio.dtype == np.float32 and audio.shape == (frames * 256,) and not audio.any()
+    assert griffin_lim(np.full((80, 2), -5.0, dtype=np.float32), n_iter=2).shape == (256,)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from policies import Window, propose
@@ -18,11 +19,15 @@ def _gate_fires_at_once(trainer: Trainer) -> None:
         layer.bias.fill_(30.0)
 
 
-def test_a_gate_that_fires_at_step_one_is_seen_and_answered(espeak_dataset, tmp_path):
+@pytest.mark.parametrize("frames_per_step", [None, 1])
+def test_a_gate_that_fires_at_step_one_is_seen_and_answered(espeak_dataset, tmp_path, frames_per_step):
     """The demo's old failure: the gate fired at the first decoder step, the sample was
     0.02 s long, and a stop rate that counted any stop as good read 100 %. Now every
-    utterance is premature, the score is 0 and the gate rule *lowers* the positive weight."""
-    trainer = Trainer(micro_config(espeak_dataset, tmp_path / "run"))
+    utterance is premature, the score is 0 and the gate rule *lowers* the positive weight.
+    With one frame per decoder step that is a single frame: the probe's audio (Griffin-Lim)
+    must not crash the evaluation on it."""
+    extra = {"model__n_frames_per_step": frames_per_step} if frames_per_step else {}
+    trainer = Trainer(micro_config(espeak_dataset, tmp_path / "run", **extra))
     step = trainer.train_step(trainer.next_batch())
     _gate_fires_at_once(trainer)
     records = []

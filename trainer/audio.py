@@ -141,6 +141,10 @@ def griffin_lim(
     log_mel = torch.as_tensor(mel).detach().to(device="cpu", dtype=torch.float32)
     if log_mel.dim() != 2 or log_mel.shape[0] != config.n_mel_channels:
         raise ValueError(f"mel must be [{config.n_mel_channels}, frames], got shape {tuple(log_mel.shape)}")
+    if log_mel.shape[1] < 2:
+        # A model whose gate fires at its first decoder step (r = 1) says one frame: no
+        # signal to invert (the STFT frames span nothing), so that much silence.
+        return np.zeros(log_mel.shape[1] * config.hop_length, dtype=np.float32)
     inverse = torch.from_numpy(_inverse_mel_basis(key)).to(torch.float32)
     magnitude = torch.clamp(inverse @ torch.exp(log_mel), min=0.0)
     peak = float(magnitude.max())
