@@ -1,8 +1,10 @@
 """The Telegram bot token: where it comes from, and keeping it out of logs and errors.
 
-The token is read from the environment variable ``TELEGRAM_BOT_TOKEN`` or, failing
-that, from a ``.env`` file in the current folder (pydantic-settings), never from a
-run's YAML (``supervisor.telegram`` refuses a token key), so it cannot end up in
+The token is read from the environment variable ``TELEGRAM_BOT_TOKEN``; failing
+that, from the systemd credential ``telegram_bot_token`` (the file of that name in
+``$CREDENTIALS_DIRECTORY``, which ``LoadCredential=`` fills); failing that, from a
+``.env`` file in the current folder (pydantic-settings). Never from a run's YAML
+(``supervisor.telegram`` refuses a token key), so it cannot end up in
 ``run-config.yaml``, MLflow parameters or a journal.
 
 It appears in one place on the wire: the Bot API's URL path (``/bot<token>/<method>``).
@@ -18,29 +20,52 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
 # Which .env file to read (default ./.env; empty: none). Tests point it at /dev/null so a
 # developer's real token can never start a bot that talks to api.telegram.org.
 ENV_FILE_ENV = "SMART_TUNER_ENV_FILE"
+# systemd's LoadCredential= puts a service's credentials, one file each, in this folder.
+CREDENTIALS_DIR_ENV = "CREDENTIALS_DIRECTORY"
+CREDENTIAL_NAME = "telegram_bot_token"
 MASK = "<redacted>"
 
 
-def bot_token() -> str | None:
-    """The bot token from the environment or ``.env``; None when unset or empty."""
+def bot_settings() -> Any:
+    """The settings that hold the token (a ``SecretStr``: its repr and str show
+    ``'**********'``): the environment, then ``$CREDENTIALS_DIRECTORY/telegram_bot_token``,
+    then ``.env``. An empty value counts as unset."""
     from pydantic import SecretStr
     from pydantic_settings import BaseSettings, SettingsConfigDict
 
     env_file = os.environ.get(ENV_FILE_ENV, ".env") or None
     if env_file is not None and not Path(env_file).is_file():
         env_file = None
+    credentials = os.environ.get(CREDENTIALS_DIR_ENV) or None
+    if credentials is not None and not Path(credentials).is_dir():
+        credentials = None
 
     class _Settings(BaseSettings):
-        model_config = SettingsConfigDict(env_file=env_file, env_file_encoding="utf-8", extra="ignore")
+        # secrets_dir: a file named after the field (telegram_bot_token), as systemd names it.
+        model_config = SettingsConfigDict(env_file=env_file, env_file_encoding="utf-8", extra="ignore",
+                                          secrets_dir=credentials, env_ignore_empty=True)
         # SecretStr: even a repr() of the settings shows '**********'.
         telegram_bot_token: SecretStr | None = None
 
-    secret = _Settings().telegram_bot_token
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                       file_secret_settings):
+            # The credential the service manager hands over wins over a .env lying in the
+            # working folder; the environment wins over both.
+            return init_settings, env_settings, file_secret_settings, dotenv_settings
+
+    return _Settings()
+
+
+def bot_token() -> str | None:
+    """The bot token (see :func:`bot_settings`); None when unset or empty."""
+    secret = bot_settings().telegram_bot_token
     value = secret.get_secret_value().strip() if secret is not None else ""
     return value or None
 

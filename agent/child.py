@@ -7,7 +7,13 @@ newest good checkpoint of the run if there is one, from scratch otherwise.
 SIGTERM or SIGINT: finish the current step, write a final checkpoint, exit 0.
 Exit codes: 0 finished or stopped; 2 a user error (one line ``error: ...`` on stderr;
 restarting will not help); 1 a crash (traceback on stderr, which the daemon sends to
-the trainer log).
+the trainer log). Why it stopped (``max_steps``, ``max_minutes``, ``command``, or the
+signal's name) goes to the journal (state ``child_status``) before it exits: the
+daemon counts only the first three as the end of the run.
+
+A run that is paused in the journal (the newest applied pause/resume command was a
+pause, ``Journal.is_paused``) starts paused: a pause outlives restarts of the trainer
+and of the daemon until someone resumes it.
 
 ``SMART_TUNER_FAULTS`` (see :mod:`agent.faults`) injects faults for tests and benchmarks.
 """
@@ -85,22 +91,34 @@ def _train(config_path: str, state: dict[str, Any]) -> int:
         state["trainer"] = trainer
         if state["stop"] is not None:
             print(f"stopped before training ({state['stop']})", flush=True)
+            announce_stop(port, state["stop"], trainer.step)
             return EXIT_OK
+        if port.journal.is_paused():
+            # The pause was applied by an earlier trainer: this one keeps it (commands queued
+            # since, a resume say, are applied at its first step boundary as usual).
+            trainer.paused = True
+            print(f"starting paused at step {trainer.step} (the run is paused; smart-tuner resume continues it)",
+                  flush=True)
         trainer.train()
         return EXIT_OK
     finally:
         port.close()
 
 
+def announce_stop(port: Any, reason: str, step: int) -> None:
+    """Tell the daemon (journal state) that the loop ended, why, and that the exit is under way."""
+    port.journal.set_state(STATUS_KEY, {"pid": os.getpid(), "status": "stopping", "reason": reason,
+                                        "step": step, "at": time.time()})
+
+
 class _AnnounceStop(BaseCallback):
-    """First callback: tells the daemon (journal state) that the loop ended and the exit is under way."""
+    """First callback: announces the stop (:func:`announce_stop`) as soon as the loop has ended."""
 
     def __init__(self, port: Any) -> None:
         self.port = port
 
     def on_train_end(self, trainer: Any, reason: str) -> None:
-        self.port.journal.set_state(STATUS_KEY, {"pid": os.getpid(), "status": "stopping", "reason": reason,
-                                                 "step": trainer.step, "at": time.time()})
+        announce_stop(self.port, reason, trainer.step)
 
 
 if __name__ == "__main__":

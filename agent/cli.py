@@ -46,6 +46,9 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--config", required=True, help="config file or shipped config name (default, tiny-cpu)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set train.max_steps=100 (repeatable)")
+    run.add_argument("--new-journal", action="store_true",
+                     help="the run folder holds checkpoints but its journal is missing or empty: start a new "
+                          "journal (the supervisor's history starts over; training resumes from the checkpoints)")
     run.set_defaults(func=_cmd_run)
 
     st = sub.add_parser("status", help="phase, step, losses, alignment, ETA and pending proposals of a run")
@@ -84,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="smart-tuner",
         description="Tacotron2 training with an autonomous supervisor. "
                     "Start with: smart-tuner run --config tiny-cpu")
+    parser.add_argument("--version", action="version", version=f"smart-tuner {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_agent_commands(sub)
     from agent.tuner.cli import add_commands as _add_tuner_commands  # tune, tune-now, trials (no optuna import)
@@ -95,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["demo"].set_defaults(func=_cmd_demo_supervised)
     sub.choices["demo"].description = "Build an espeak-ng dataset and train tiny-cpu on it under the supervisor."
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("smart-tuner")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +136,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, cli_train._parse_overrides(args.set))
     from agent.daemon import run_daemon
 
-    return int(run_daemon(config, log=_daemon_logger(config)) or 0)
+    extra = {"new_journal": True} if args.new_journal else {}
+    return int(run_daemon(config, log=_daemon_logger(config), **extra) or 0)
 
 
 def _cmd_demo_supervised(args: argparse.Namespace) -> int:
@@ -160,8 +174,12 @@ class _Run:
             raise UserError(f"which run? give --run-dir DIR (the run's folder) or --config C (its config), "
                             f"e.g. smart-tuner {args.command} --config tiny-cpu")
 
-    def open(self) -> "Journal":
-        from agent.journal import Journal, JournalError
+    def open(self, readonly: bool = False) -> "Journal":
+        """The run's journal; ``readonly`` for commands that only read (status, pending,
+        history, trials): they never create, upgrade or change the file."""
+        import sqlite3
+
+        from agent.journal import Journal, JournalError, unreadable_message
         from agent.paths import journal_path
 
         path = journal_path(self.run_dir)
@@ -170,10 +188,12 @@ class _Run:
             raise UserError(f"no supervised run in {self.run_dir} (no {path.name}); "
                             f"start one with smart-tuner run --config {hint}")
         try:
-            return Journal(path, create=False)
+            return Journal(path, create=False, readonly=readonly)
         except JournalError as exc:
             raise UserError(str(exc)) from None
-        except Exception as exc:  # sqlite3.DatabaseError: not a database, locked for too long, ...
+        except sqlite3.DatabaseError as exc:  # not a database, torn, ...
+            raise UserError(unreadable_message(path, exc)) from None
+        except Exception as exc:  # locked for too long, unreadable, ...
             raise UserError(f"{path}: cannot open the run journal ({exc})") from None
 
     def max_steps(self) -> int | None:
@@ -198,14 +218,18 @@ class _Run:
 
 
 def _user() -> str:
-    import getpass
+    """Who runs the command, as the audit names them: the real uid's name in the password
+    database. Not LOGNAME or USER (what getpass reads first): anyone can set those."""
+    import os
 
     try:
-        return getpass.getuser()
-    except Exception:  # no login name in the environment nor in the password database
-        import os
+        import pwd
 
-        return f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid with no name (e.g. a container's --user 1234)
+        return f"uid{os.getuid()}"
+    except (ImportError, AttributeError):  # not a POSIX system
+        return "unknown"
 
 
 # -- status (the formatting is shared with the Telegram bot: agent/views.py) ------------------
@@ -223,7 +247,7 @@ def _print_json(data: Any) -> None:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     run = _Run(args)
-    with run.open() as journal:
+    with run.open(readonly=True) as journal:
         now = time.time()
         data = status_data(journal, run, now)
     if args.json:
@@ -238,7 +262,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_pending(args: argparse.Namespace) -> int:
     run = _Run(args)
-    with run.open() as journal:
+    with run.open(readonly=True) as journal:
         now = time.time()
         pending = journal.pending_proposals()
     if args.json:
@@ -285,7 +309,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
     run = _Run(args)
-    with run.open() as journal:
+    with run.open(readonly=True) as journal:
         events = history_events(journal)
     if args.limit is not None:
         events = events[-args.limit:]

@@ -4,7 +4,9 @@
 
 1. validates the ``supervisor:`` section, creates the run folder, takes the run's
    daemon lock (one daemon per run), writes the resolved config for the child
-   (atomically) and opens the run journal;
+   (atomically) and opens the run journal. A journal that is missing or empty beside
+   checkpoints is refused (a user error: the run's history is gone; ``new_journal``
+   starts a new one deliberately), and so is one SQLite cannot read;
 2. builds the supervisor (``agent.supervisor.Supervisor``), which restores its phase
    and pending proposals from the journal;
 3. stops an orphaned trainer left by a daemon that was killed (``kill -9``): the pid
@@ -15,11 +17,15 @@
    and echoed to the console by a thread that follows that file;
 5. runs APScheduler jobs: the supervisor's tick, the stall watchdog, the status
    digest, and WAL checkpoints of the journal;
-6. waits for the child. Exit 0: the run is over, the daemon exits 0. A crash (non-zero
-   exit, a signal) or a hang (no telemetry for ``process.hang_seconds`` while not
-   paused; the watchdog SIGKILLs it): restart with exponential backoff, and give up
-   (exit 1) after ``process.max_restarts`` consecutive failures without progress.
-   Exit 2 from the child (a user error: the config, the data) is not retried.
+6. waits for the child. Exit 0 after a stop the child reported (journal state
+   ``child_status``) as ``max_steps``, ``max_minutes`` or ``command`` (a stop command):
+   the run is over, the daemon exits 0. Exit 0 after any other stop (a SIGTERM that did
+   not come from this daemon), a crash (non-zero exit, a signal) or a hang (no
+   telemetry for ``process.hang_seconds`` while not paused; the watchdog SIGKILLs it):
+   restart with exponential backoff, and give up (exit 1) after
+   ``process.max_restarts`` consecutive failures without progress. Exit 2 from the
+   child (a user error: the config, the data) is not retried. A paused run stays
+   paused across restarts: the new child reads the pause from the journal.
 
 SIGTERM/SIGINT to the daemon: SIGTERM to the child (it finishes the step and writes a
 final checkpoint), SIGKILL after ``process.stop_grace_seconds``, exit 0. A second
@@ -57,18 +63,23 @@ import yaml
 from pydantic import ValidationError
 
 from agent.child import STATUS_KEY as CHILD_STATUS_KEY
+from agent.childenv import trainer_env
 from agent.config import SupervisorConfig
-from agent.journal import Journal, StatusSummary
+from agent.journal import Journal, JournalError, StatusSummary, history_state, unreadable_message
 from agent.paths import child_config_path, journal_path, trainer_log_path
 from agent.procs import describe_exit, proc_alive
 from trainer import runlock
 from trainer.config import RunConfig
 from trainer.errors import UserError
 from trainer.fsutil import atomic_write
+from trainer.redact import mask_urls
 
 EXIT_OK = 0
 EXIT_GAVE_UP = 1
 EXIT_USER_ERROR = 2  # the child's exit code for a user error, and the daemon's when it passes one on
+# The stop reasons (journal state child_status) that end a run; any other stop of a child
+# that exits 0 (a SIGTERM from someone else than this daemon) is restarted like a crash.
+FINISHED_REASONS = frozenset({"max_steps", "max_minutes", "command"})
 
 CHILD_MODULE = "agent.child"
 LOG_TAIL_LINES = 20
@@ -82,6 +93,16 @@ ORPHAN_KILL_WAIT_SECONDS = 10.0
 def child_pid_path(run_dir: str | Path) -> Path:
     """The running trainer child's pid (JSON), for finding an orphan after ``kill -9`` of the daemon."""
     return Path(run_dir) / "trainer.pid"
+
+
+def newest_checkpoint_step(run_dir: str | Path) -> int | None:
+    """The step of the newest numbered checkpoint in ``RUN/checkpoints`` (no torch import)."""
+    steps = []
+    for p in (Path(run_dir) / "checkpoints").glob("checkpoint_*.pt"):
+        number = p.stem.split("_", 1)[1]
+        if number.isdigit():
+            steps.append(int(number))
+    return max(steps, default=None)
 
 
 def daemon_lock_path(run_dir: str | Path) -> Path:
@@ -296,7 +317,7 @@ class Daemon:
     def __init__(self, config: RunConfig, *, log: Any = None, supervisor_factory: SupervisorFactory | None = None,
                  echo_child: bool | None = True, echo_stream: IO[str] | None = None,
                  child_command: Sequence[str] | None = None,
-                 startup_grace_seconds: float = STARTUP_GRACE_SECONDS) -> None:
+                 startup_grace_seconds: float = STARTUP_GRACE_SECONDS, new_journal: bool = False) -> None:
         if log is None:
             from agent.logs import get_logger
 
@@ -321,6 +342,7 @@ class Daemon:
         self.echo_stream = stream if echo_child else None
         self.child_command = list(child_command) if child_command is not None else None
         self.startup_grace = startup_grace_seconds
+        self.new_journal = new_journal
 
         self.journal: Journal | None = None
         self.supervisor: SupervisorLike | None = None
@@ -381,13 +403,42 @@ class Daemon:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         with atomic_write(self.config_path, "w", encoding="utf-8") as fh:
-            yaml.safe_dump(self.config.model_dump(mode="json"), fh, sort_keys=False, allow_unicode=True)
-        self.journal = Journal(journal_path(self.run_dir))
+            # URL passwords masked; the child gets the real tracking URI in its environment.
+            yaml.safe_dump(mask_urls(self.config.model_dump(mode="json")), fh, sort_keys=False,
+                           allow_unicode=True)
+        self.journal = self._open_journal()
         self._probe = _TelemetryProbe(journal_path(self.run_dir))
         self.supervisor = self.supervisor_factory(self.journal, self.cfg, warmup_steps=self.config.optim.warmup_steps)
         if self.echo_stream is not None:
             self._follower = _LogFollower(self.log_path, _file_size(self.log_path), self.echo_stream)
             self._follower.start()
+
+    def _open_journal(self) -> Journal:
+        """Open (or create) the run's journal, unless it would start a new history for a run
+        that already has checkpoints: the phase would restart at warmup, step 0, while
+        the trainer resumes far beyond it."""
+        path = journal_path(self.run_dir)
+        try:
+            state = history_state(path)
+            if state != "history":
+                ckpt = newest_checkpoint_step(self.run_dir)
+                if ckpt is not None and not self.new_journal:
+                    self._refuse_other_trainer()  # (a smart-tuner train writing them says so first)
+                    what = {"missing": "missing", "empty": "empty (it holds no journal)",
+                            "blank": "empty (nothing was ever recorded in it)"}[state]
+                    raise UserError(
+                        f"{path} is {what}, but {self.run_dir / 'checkpoints'} holds checkpoints (newest: step "
+                        f"{ckpt}); restore the journal from a backup, or start over with another run_dir, or run "
+                        f"again with --new-journal to start a new history (training resumes from the checkpoints)")
+            journal = Journal(path)
+        except sqlite3.DatabaseError as exc:
+            raise UserError(unreadable_message(path, exc)) from None
+        except JournalError as exc:
+            raise UserError(str(exc)) from None
+        if self.new_journal and state != "history" and newest_checkpoint_step(self.run_dir) is not None:
+            journal.audit("daemon", "new_journal", f"a new history for a run whose journal was {state}; "
+                          f"newest checkpoint: step {newest_checkpoint_step(self.run_dir)}")
+        return journal
 
     def _take_lock(self) -> None:
         path = daemon_lock_path(self.run_dir)
@@ -414,7 +465,7 @@ class Daemon:
         stalled = 0  # consecutive failed children that made no progress
         while True:
             code = self._wait_child()
-            if code is None:
+            if code is None or self._stop.is_set():  # (the child may have exited as the signal came)
                 return self._stop_child()
             run = self._run
             assert run is not None
@@ -423,12 +474,19 @@ class Daemon:
             if self._follower is not None:
                 self._follower.pump()
             child_pid_path(self.run_dir).unlink(missing_ok=True)
+            exit_text = cause = describe_exit(code)
             if code == 0:
-                self._event("finished", f"trainer exited 0 at step {run.max_step}", step=run.max_step)
-                return EXIT_OK
+                reason = self._stop_reason(run)
+                if reason is None or reason in FINISHED_REASONS:
+                    self._event("finished", f"trainer exited 0 at step {run.max_step}"
+                                + (f" ({reason})" if reason else ""), step=run.max_step)
+                    return EXIT_OK
+                # Stopped by a signal this daemon did not send: not the end of the run.
+                cause = f"a stop by {reason} from outside the daemon"
+                exit_text = f"exit code 0 after {cause} (smart-tuner stop ends a run)"
             tail = _tail_lines(self.log_path, LOG_TAIL_LINES, run.log_offset)
             if not run.hung:
-                self._event("crashed", f"{describe_exit(code)} at step {run.max_step}; last lines of "
+                self._event("crashed", f"{exit_text} at step {run.max_step}; last lines of "
                             f"{self.log_path.name}:\n" + "\n".join(tail), exit=code, step=run.max_step,
                             log_tail=tail)
             if code == EXIT_USER_ERROR and not run.hung:
@@ -445,8 +503,17 @@ class Daemon:
             if self._stop.wait(delay):
                 self._event("stopped", f"daemon stopped by {self._stop_signal} while waiting to restart")
                 return EXIT_OK
-            why = "hang" if run.hung else describe_exit(code)
+            why = "hang" if run.hung else cause
             self._launch(restart_detail=f"after {why}; {stalled} failure(s) without progress, backoff {delay:g} s")
+
+    def _stop_reason(self, run: _ChildRun) -> str | None:
+        """Why this child's loop ended, as it told the journal (None: it did not say; a
+        child command that is not ``agent.child``)."""
+        assert self.journal is not None
+        status = self.journal.get_state(CHILD_STATUS_KEY)
+        if isinstance(status, dict) and status.get("pid") == run.proc.pid:
+            return str(status.get("reason"))
+        return None
 
     def _wait_child(self) -> int | None:
         """The child's exit code, or None when the daemon is asked to stop."""
@@ -555,7 +622,7 @@ class Daemon:
         cursor = self._probe.last_seq()
         offset = _file_size(self.log_path)
         kind = "restarted" if restart_detail is not None else "started"
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = trainer_env(self.config)  # an allow-list: no bot token, no other secrets
         with open(self.log_path, "ab") as logf:
             stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
             logf.write(f"--- {stamp} daemon {os.getpid()}: trainer {kind} ---\n".encode())
@@ -758,7 +825,7 @@ class Daemon:
 def run_daemon(config: RunConfig, *, log: Any = None, supervisor_factory: SupervisorFactory | None = None,
                echo_child: bool | None = True, echo_stream: IO[str] | None = None,
                child_command: Sequence[str] | None = None,
-               startup_grace_seconds: float = STARTUP_GRACE_SECONDS) -> int:
+               startup_grace_seconds: float = STARTUP_GRACE_SECONDS, new_journal: bool = False) -> int:
     """Run a supervised training until it finishes (0), is stopped (0), or the daemon gives up (1).
 
     ``log``: a structlog logger (default ``agent.logs.get_logger()``).
@@ -766,9 +833,12 @@ def run_daemon(config: RunConfig, *, log: Any = None, supervisor_factory: Superv
     ``agent.supervisor.Supervisor``. ``echo_child``: copy the trainer's output to
     ``echo_stream`` (default stdout); None: only when that is a terminal.
     ``child_command``: replaces ``python -m agent.child --config ...`` (tests).
+    ``new_journal``: start a new journal where the run's is missing or empty although
+    its folder holds checkpoints (refused otherwise).
     Returns 2 when the child reports a user error (config, data), which is not retried.
-    Raises UserError for an invalid ``supervisor`` section or a run already supervised.
+    Raises UserError for an invalid ``supervisor`` section, a run already supervised, a
+    journal SQLite cannot read, or a missing or empty journal beside checkpoints.
     """
     return Daemon(config, log=log, supervisor_factory=supervisor_factory, echo_child=echo_child,
                   echo_stream=echo_stream, child_command=child_command,
-                  startup_grace_seconds=startup_grace_seconds).run()
+                  startup_grace_seconds=startup_grace_seconds, new_journal=new_journal).run()

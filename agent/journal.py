@@ -83,6 +83,63 @@ class JournalVersionError(JournalError):
     """The journal was written by a newer Smart Tuner (a newer schema)."""
 
 
+class JournalEmptyError(JournalError):
+    """The file exists but holds no run journal (0 bytes, or an SQLite file without any table)."""
+
+
+def unreadable_message(path: str | Path, exc: BaseException) -> str:
+    """The one line for a journal SQLite cannot read (random bytes, a torn copy): the CLI and
+    ``smart-tuner run`` say the same, with the way out."""
+    return (f"{path}: cannot open the run journal ({exc}); restore it from a backup, or move it aside and "
+            f"start a new history with smart-tuner run --new-journal (training resumes from the checkpoints)")
+
+
+def empty_message(path: str | Path) -> str:
+    return (f"{path} is empty: it holds no run journal; restore it from a backup, or start a new history "
+            f"with smart-tuner run --new-journal (training resumes from the checkpoints)")
+
+
+def _connect_readonly(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    """A connection that cannot change the file, nor create files beside it.
+
+    With no ``-wal`` file beside it, no connection has the journal open (the last one to
+    close copies the WAL back and removes it), so the file is complete and opened
+    ``immutable``: SQLite then creates no ``-wal``/``-shm`` either (it would in plain
+    ``mode=ro`` when the folder is writable, and fails with "attempt to write a readonly
+    database" when it is not). A writer that starts meanwhile writes to a new WAL, not
+    to this file (the daemon copies it back only once a minute). With a ``-wal`` file
+    a writer is (or was) there: ``mode=ro`` reads the WAL too.
+    """
+    wal = path.with_name(path.name + "-wal")
+    uri = path.resolve().as_uri() + ("?mode=ro" if wal.exists() else "?mode=ro&immutable=1")
+    return sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+
+
+def history_state(path: str | Path) -> Literal["missing", "empty", "blank", "history"]:
+    """What a run's journal file holds, read without changing it: ``missing`` (no file),
+    ``empty`` (no journal in it: 0 bytes or no tables), ``blank`` (a journal in which
+    nothing has happened: no telemetry and no audit row beyond its creation), ``history``.
+
+    Raises ``sqlite3.DatabaseError`` for a file SQLite cannot read, :class:`JournalError`
+    for an SQLite file that is not a run journal.
+    """
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    con = _connect_readonly(path, 10.0)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return "empty"
+        if not {"meta", "telemetry", "audit"} <= tables:
+            raise JournalError(f"{path} is an SQLite file but not a run journal")
+        used = con.execute("SELECT EXISTS (SELECT 1 FROM telemetry) OR "
+                           "EXISTS (SELECT 1 FROM audit WHERE actor != 'journal')").fetchone()[0]
+        return "history" if used else "blank"
+    finally:
+        con.close()
+
+
 # -- JSON that keeps NaN and infinities ---------------------------------------------------
 def dumps(value: Any) -> str:
     """JSON text of records, dicts and lists; NaN and +-inf become NaN/Infinity literals.
@@ -466,21 +523,40 @@ class Journal:
 
     ``synchronous``: "FULL" (default) fsyncs every commit; "NORMAL" is for high-rate
     telemetry writers (durable writes still pass ``durable=True`` and get FULL).
-    ``create=False`` refuses to create a missing journal (for read-only tools like
-    ``smart-tuner status``). ``autocheckpoint=False`` leaves copying the WAL back into
-    the database to other connections (see :meth:`checkpoint_wal`).
+    ``create=False`` refuses to create a journal: a missing file, or one that holds no
+    journal (:class:`JournalEmptyError`), is not filled with a new one.
+    ``readonly=True`` (``smart-tuner status``, ``history``, ``pending``): never writes to
+    the file nor creates one beside it (see :func:`_connect_readonly`), so it also works
+    for users who may only read the run folder; a journal of an older schema is refused
+    rather than upgraded (the next ``smart-tuner run`` upgrades it); write methods fail.
+    ``autocheckpoint=False`` leaves copying the WAL back into the database to other
+    connections (see :meth:`checkpoint_wal`).
     """
 
     def __init__(self, path: str | Path, *, synchronous: Literal["FULL", "NORMAL"] = "FULL",
-                 busy_timeout: float = 10.0, create: bool = True, autocheckpoint: bool = True) -> None:
+                 busy_timeout: float = 10.0, create: bool = True, autocheckpoint: bool = True,
+                 readonly: bool = False) -> None:
         self.path = Path(path)
-        if not create and not self.path.exists():
+        if (readonly or not create) and not self.path.exists():
             raise JournalError(f"no run journal at {self.path}")
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._sync = synchronous
+        self.readonly = readonly
+        if readonly:
+            self._con = _connect_readonly(self.path, busy_timeout)
+            self._con.row_factory = sqlite3.Row
+            try:
+                self._con.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+                self._check_readable()
+            except BaseException:
+                self._con.close()
+                raise
+            return
+        if not create and not self._has_tables():
+            raise JournalEmptyError(empty_message(self.path))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._con = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
                                     check_same_thread=False)
         self._con.row_factory = sqlite3.Row
@@ -511,6 +587,28 @@ class Journal:
                 time.sleep(0.01)
         if str(mode).lower() != "wal":
             raise JournalError(f"{self.path}: cannot use WAL mode (got {mode!r}); is it on a network file system?")
+
+    def _has_tables(self) -> bool:
+        """Does the existing file hold any table? (Read without changing it.)"""
+        con = _connect_readonly(self.path, 10.0)
+        try:
+            return con.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] > 0
+        finally:
+            con.close()
+
+    def _check_readable(self) -> None:
+        """A read-only journal must be of this schema: it cannot be upgraded in place."""
+        version = self._schema_version()
+        if version == 0:
+            raise JournalEmptyError(empty_message(self.path))
+        if version > SCHEMA_VERSION:
+            raise JournalVersionError(
+                f"{self.path} has journal schema version {version}, but this Smart Tuner reads up to "
+                f"{SCHEMA_VERSION}; upgrade smart-tuner to open it")
+        if version < SCHEMA_VERSION:
+            raise JournalVersionError(
+                f"{self.path} has journal schema version {version}, older than this Smart Tuner's "
+                f"{SCHEMA_VERSION}; the next smart-tuner run on it upgrades it")
 
     def _schema_version(self) -> int:
         has_meta = self._con.execute(

@@ -22,6 +22,8 @@ from typing import IO, Any, Callable
 
 import structlog
 
+from trainer.redact import mask_text
+
 _state: dict[str, Any] = {"run_id": None, "redact": None}
 _HANDLER_NAME = "smart-tuner"
 
@@ -38,12 +40,13 @@ def add_redaction(redact: Callable[[str], str] | None) -> None:
 
 
 def _redact(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """URL passwords masked in every event (``trainer.redact``), and the bot token once known."""
     redact = _state.get("redact")
     if redact is None:
-        return event
+        return {k: mask_text(v) if isinstance(v, str) else v for k, v in event.items()}
     if event.get("exc_info"):  # render the traceback now, so that its text is masked too
         event = structlog.processors.format_exc_info(logger, method, event)
-    return {k: redact(v) if isinstance(v, str) else v for k, v in event.items()}
+    return {k: redact(mask_text(v)) if isinstance(v, str) else v for k, v in event.items()}
 
 
 def configure_logging(run_id: str, json: bool | None = None, *, stream: IO[str] | None = None,

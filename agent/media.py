@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -39,7 +38,9 @@ async def run_tool(argv: list[str], timeout: float) -> tuple[int, str]:
     """Run a tool at low priority; (exit code, its output's tail). Exit -9: killed on timeout."""
     if shutil.which("nice"):
         argv = ["nice", "-n", str(NICE), *argv]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    from agent.childenv import child_env
+
+    env = child_env({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})  # an allow-list: no bot token
     proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                                                 env=env)

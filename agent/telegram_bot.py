@@ -5,15 +5,21 @@ Runs inside the daemon, in the thread and event loop of
 aiogram, several seconds of imports) only after the daemon is ready. The trainer child
 never sees it. Three kinds of task share the loop:
 
-* **long polling** (aiogram's dispatcher): commands and button presses. Every update
-  passes :meth:`TelegramBot._gate` first: only a user in ``allowed_user_ids`` writing
-  in a chat in ``allowed_chat_ids`` gets through; anyone else gets a refusal and an
+* **long polling** (aiogram's dispatcher): commands and button presses, handled one
+  at a time, and each confirmed to Telegram (the next ``getUpdates`` offset) only once
+  it was handled, so a command interrupted by a stop or a crash is handled again by
+  the next daemon (decisions are compare-and-set; ``/plot`` and ``/listen`` run in
+  tasks of their own and are confirmed when they start). Every update passes
+  :meth:`TelegramBot._gate` first: a command addressed to another bot
+  (``/status@other_bot``) is ignored; only a user in ``allowed_user_ids`` writing in
+  a chat in ``allowed_chat_ids`` gets through; anyone else gets a refusal and an
   audit row. Handlers use :mod:`agent.views`, the CLI's logic, on the bot's own
   connection to the journal (in worker threads: SQLite waits must not stall the loop).
 * **one relay per allowed chat**: :class:`agent.notify.Relay` picks the next message
   (grouping, flood control), this module sends it with tenacity backoff while
   Telegram is unreachable, and the journal records the delivery (at-least-once; see
-  :mod:`agent.notify`).
+  :mod:`agent.notify`). At exit a bounded flush: a few tries per message within
+  ``flush_seconds``, then what is left waits in the outbox for the next start.
 * **card upkeep**: a proposal's message is edited once its status changes, whoever
   decided it (a button, ``/approve``, the CLI, expiry), from ``proposal_messages``.
 
@@ -44,7 +50,7 @@ from aiogram.types import (
     BufferedInputFile, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update,
 )
 from aiogram.utils.backoff import BackoffConfig
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
 
 from agent import media, views
 from agent.config import TelegramConfig
@@ -58,6 +64,7 @@ HISTORY_LINES = 15
 IDLE_POLL_SECONDS = 0.5  # how often an idle relay looks at the outbox (another process writes it)
 CARD_SYNC_SECONDS = 1.0
 REFUSAL_REPLY_SECONDS = 60.0  # a stranger is answered at most once a minute (every attempt is audited)
+FLUSH_TRIES = 3  # at exit, tries per message (with backoff) before it is left in the outbox
 
 
 class Decide(CallbackData, prefix="decide"):
@@ -113,8 +120,11 @@ class TelegramBot:
                        for chat in dict.fromkeys(cfg.allowed_chat_ids)]
         self._stopping = asyncio.Event()
         self._cards_due = asyncio.Event()
-        self._give_up_at: float | None = None  # retries stop at this monotonic time (set when stopping)
+        self._flush_deadline = math.inf  # monotonic time the exit flush ends
+        # Overflow-safe doubling from retry_initial_seconds, capped at retry_max_seconds.
+        self._backoff = wait_exponential(multiplier=cfg.retry_initial_seconds, max=cfg.retry_max_seconds)
         self._media_lock = asyncio.Lock()
+        self._media_tasks: set[asyncio.Task[Any]] = set()  # /plot and /listen at work
         self._refused_at: dict[int | None, float] = {}
 
     # -- the life of the bot --------------------------------------------------------------
@@ -127,44 +137,55 @@ class TelegramBot:
         try:
             await stop.wait()
         finally:
-            self._give_up_at = time.monotonic()
             self._stopping.set()
             self._cards_due.set()
             with suppress(RuntimeError):  # "Polling is not started": it was between attempts
                 await asyncio.wait_for(self.dp.stop_polling(), 5)
             _, late = await asyncio.wait(tasks, timeout=5)
-            for task in late:
+            for task in [*late, *self._media_tasks]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._media_tasks, return_exceptions=True)
             try:
-                await self._flush(time.monotonic() + flush_seconds)
+                await self._flush(flush_seconds)
             finally:
                 await self.bot.session.close()
 
-    async def _flush(self, deadline: float) -> None:
-        """At exit: each chat gets everything waiting (grouped, no flood wait) until the deadline."""
-        self._give_up_at = deadline
-        for chat, relay in self.relays:
-            while time.monotonic() < deadline:
-                try:
-                    if await self._send_next(chat, relay, flush=True) == math.inf:
-                        break
-                except Exception as exc:  # noqa: BLE001 - Telegram still down: it waits in the outbox
-                    self.log.warning("telegram: undelivered notifications stay in the outbox for the next start",
-                                     chat=chat, error=self.redact.error(exc))
-                    break
-        await self._sync_cards()
+    async def _flush(self, seconds: float) -> None:
+        """At exit: each chat gets everything waiting (grouped, no flood wait), each message
+        tried at most FLUSH_TRIES times with backoff, all within ``seconds``; what is left
+        waits in the outbox for the next start."""
+        self._flush_deadline = time.monotonic() + seconds
+        try:
+            async with asyncio.timeout(seconds):  # a request may hang up to request_timeout_seconds
+                for chat, relay in self.relays:
+                    while True:
+                        try:
+                            if await self._send_next(chat, relay, flush=True) == math.inf:
+                                break
+                        except Exception as exc:  # noqa: BLE001 - Telegram still failing: it waits in the outbox
+                            self.log.warning("telegram: undelivered notifications stay in the outbox for the "
+                                             "next start", chat=chat, error=self.redact.error(exc))
+                            break
+                await self._sync_cards()
+        except TimeoutError:
+            self.log.warning("telegram: flush time is up; undelivered notifications stay in the outbox for the "
+                             "next start", seconds=seconds)
 
     async def _poll(self) -> None:
-        """aiogram's long polling, started again when its start fails (getMe while Telegram is down)."""
+        """aiogram's long polling, started again when its start fails (getMe while Telegram is down).
+
+        Updates are handled one at a time (``handle_as_tasks=False``): aiogram moves the
+        ``getUpdates`` offset past an update only when its handler returned, so Telegram
+        keeps an update whose handling was cut short and gives it to the next daemon.
+        The slow commands (``/plot``, ``/listen``) hand their work to a task of their own."""
         backoff = BackoffConfig(min_delay=self.cfg.retry_initial_seconds, max_delay=self.cfg.retry_max_seconds,
                                 factor=2.0, jitter=0.1)
         delay = self.cfg.retry_initial_seconds
         while not self._stopping.is_set():
             try:
                 await self.dp.start_polling(self.bot, polling_timeout=self.cfg.poll_timeout_seconds,
-                                            backoff_config=backoff, handle_signals=False, close_bot_session=False,
-                                            allowed_updates=["message", "callback_query"])
+                                            handle_as_tasks=False, backoff_config=backoff, handle_signals=False,
+                                            close_bot_session=False, allowed_updates=["message", "callback_query"])
                 return
             except Exception as exc:  # noqa: BLE001 - start again with backoff
                 self.log.warning("telegram: polling could not start; retrying", error=self.redact.error(exc),
@@ -202,15 +223,19 @@ class TelegramBot:
 
     def _retry_wait(self, state: RetryCallState) -> float:
         """Exponential backoff with jitter, capped; never shorter than Telegram's retry_after."""
-        delay = min(self.cfg.retry_max_seconds, self.cfg.retry_initial_seconds * 2 ** (state.attempt_number - 1))
-        delay *= random.uniform(0.8, 1.2)
+        delay = min(self.cfg.retry_max_seconds, self._backoff(state) * random.uniform(0.8, 1.2))
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, TelegramRetryAfter):
             delay = max(delay, float(exc.retry_after))
         return delay
 
     def _retry_stop(self, state: RetryCallState) -> bool:
-        return self._give_up_at is not None and time.monotonic() >= self._give_up_at
+        """While serving: retry until the bot stops (the exit flush takes over then)."""
+        return self._stopping.is_set()
+
+    def _flush_stop(self, state: RetryCallState) -> bool:
+        """At exit: a message gets no more tries once the next would start past the deadline."""
+        return time.monotonic() + state.upcoming_sleep >= self._flush_deadline
 
     def _retry_log(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -223,12 +248,20 @@ class TelegramBot:
         """Send this chat's next message, retrying while Telegram is unreachable. Each try
         plans again, so a backlog built up during an outage leaves as one grouped message.
         Returns how long until there may be another (inf: the outbox is empty for it)."""
-        retrying = AsyncRetrying(retry=retry_if_exception(transient), wait=self._retry_wait, stop=self._retry_stop,
-                                 sleep=self._nap, before_sleep=self._retry_log, reraise=True)
+        if flush:  # the bot is stopping: a few real waits (a nap ends at once now), then give up
+            retrying = AsyncRetrying(retry=retry_if_exception(transient), wait=self._retry_wait,
+                                     stop=stop_after_attempt(FLUSH_TRIES) | self._flush_stop, sleep=asyncio.sleep,
+                                     before_sleep=self._retry_log, reraise=True)
+        else:
+            retrying = AsyncRetrying(retry=retry_if_exception(transient), wait=self._retry_wait,
+                                     stop=self._retry_stop, sleep=self._nap, before_sleep=self._retry_log,
+                                     reraise=True)
         out: Outgoing | None = None
         ref: str | None = None
         async for attempt in retrying:
             with attempt:
+                if not flush and self._stopping.is_set():
+                    return math.inf  # what waits is the flush's now
                 out, wait = await self._db(relay.next, flush)
                 if out is None:
                     return wait
@@ -295,8 +328,21 @@ class TelegramBot:
         return (user is not None and chat is not None and user.id in self.cfg.allowed_user_ids
                 and chat.id in self.cfg.allowed_chat_ids)
 
+    async def _for_another_bot(self, event: Update) -> bool:
+        """A command addressed to another bot (``/status@other_bot`` in a group): not for us."""
+        text = event.message.text if event.message is not None else None
+        if not text or not text.startswith("/"):
+            return False
+        _, at, mention = text.split(maxsplit=1)[0].partition("@")
+        if not at:
+            return False
+        me = await self.bot.me()  # cached: polling asked getMe when it started
+        return mention.lower() != (me.username or "").lower()
+
     async def _gate(self, handler: Callable[[Update, dict[str, Any]], Awaitable[Any]], event: Update,
                     data: dict[str, Any]) -> Any:
+        if await self._for_another_bot(event):
+            return None  # silently: neither answered nor refused
         user, chat = data.get("event_from_user"), data.get("event_chat")
         if self.allowed(user, chat):
             return await handler(event, data)
@@ -367,7 +413,7 @@ class TelegramBot:
 
     async def _decide_command(self, message: Message, command: CommandObject, decision: str) -> None:
         arg = (command.args or "").strip().lstrip("#")
-        if not arg.isdigit():
+        if not (arg.isascii() and arg.isdigit()):  # not "²", which isdigit() too
             await message.answer(f"Usage: /{command.command} ID (/pending lists the waiting proposals)")
             return
         outcome = await self._db(views.decide, self.journal, int(arg), decision, actor(message.from_user))
@@ -381,7 +427,7 @@ class TelegramBot:
         decision = "approved" if callback_data.action == "approve" else "rejected"
         outcome = await self._db(views.decide, self.journal, callback_data.proposal_id, decision, actor(query.from_user))
         if outcome is None:
-            await query.answer("No such proposal.", show_alert=True)
+            await query.answer(f"No proposal {callback_data.proposal_id}.", show_alert=True)
             return
         if outcome.won:
             await query.answer(f"{decision} #{outcome.after.id}")
@@ -402,7 +448,23 @@ class TelegramBot:
                              f"it applies at the next step boundary{done.note()}")
 
     # -- pictures and sound -------------------------------------------------------------------------
+    def _background(self, work: Awaitable[None], name: str) -> None:
+        """Slow work in a task of its own: updates are handled one at a time, and a /listen
+        (up to listen_timeout_seconds) must not hold up a decision."""
+        task = asyncio.ensure_future(work)
+        task.set_name(name)
+        self._media_tasks.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._media_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.warning("telegram: reply failed", task=task.get_name(), error=self.redact.error(task.exception()))
+
     async def on_plot(self, message: Message) -> None:
+        self._background(self._plot(message), "telegram-plot")
+
+    async def _plot(self, message: Message) -> None:
         evals = await self._db(self.journal.latest_evals, 50)
         image = next((e for e in reversed(evals) if e.alignment_image and Path(e.alignment_image).is_file()), None)
         if image is None:
@@ -425,14 +487,16 @@ class TelegramBot:
         await message.answer_photo(BufferedInputFile(data, "loss.png"), caption="training and validation loss")
 
     async def on_listen(self, message: Message) -> None:
-        if self._media_lock.locked():
+        if self._media_tasks:
             await message.answer("Busy with another /listen or /plot; try again in a moment.")
             return
         ckpt = await self._db(self._newest_checkpoint)
         if ckpt is None:
             await message.answer("No checkpoint yet to listen to.")
             return
-        step, path = ckpt
+        self._background(self._listen(message, *ckpt), "telegram-listen")
+
+    async def _listen(self, message: Message, step: int, path: Path) -> None:
         out = self.run_dir / "telegram" / f"listen_step_{step:08d}.wav"
         await message.answer(f"Synthesising {self.probe_text!r} with the checkpoint of step {step}...")
         async with self._media_lock:

@@ -259,9 +259,14 @@ class DecisionOutcome:
     commands: list["CommandRow"]  # queued by this decision, in order
 
 
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+
+
 def decide(journal: "Journal", proposal_id: int, decision: Literal["approved", "rejected"],
            by: str) -> DecisionOutcome | None:
     """Approve or reject through the journal's compare-and-set; None for an unknown id."""
+    if not 0 < proposal_id <= MAX_ID:  # SQLite cannot even look up an id beyond 64 bits
+        return None
     before = journal.get_proposal(proposal_id)
     if before is None:
         return None

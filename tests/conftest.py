@@ -22,6 +22,7 @@ def _no_real_telegram(monkeypatch):
     """No test may start a bot that talks to api.telegram.org: a developer's token (in the
     environment or in ./.env) is hidden; the Telegram tests use a stand-in on 127.0.0.1."""
     monkeypatch.delenv("TELEGRAM_BOT_TOKEN", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)  # a systemd credential, under a service
     monkeypatch.setenv("SMART_TUNER_ENV_FILE", "")
 
 

@@ -8,7 +8,8 @@ long-polled ``getUpdates`` (with offsets confirming updates), ``sendMessage``,
 ``sendPhoto`` and ``sendAudio`` (multipart uploads, kept), ``editMessageText`` (with
 Telegram's "message is not modified" error), ``answerCallbackQuery``. A test injects
 updates (messages, button presses), takes the server down and up again on the same
-port, or makes it fail. It never listens anywhere but 127.0.0.1.
+port, or makes it fail (the next calls, or every call until told otherwise: a revoked
+token's 401, a broken proxy's 502). It never listens anywhere but 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class BotApiStandIn:
         self.callback_answers: list[dict[str, Any]] = []
         self.echo_path_in_errors = False  # a hostile server: its error text quotes the URL (with the token)
         self._fail: list[tuple[str, int, str]] = []  # (method or "*", status, description), consumed in order
+        self._fail_always: tuple[int, str] | None = None  # every call fails so (after the consumed ones)
         self._updates: list[dict[str, Any]] = []
         self._next_update = 1
         self._next_message = 1
@@ -124,6 +126,11 @@ class BotApiStandIn:
         with self._lock:
             self._fail += [(method, status, description)] * times
 
+    def fail_always(self, status: int | None, description: str = "") -> None:
+        """Every call fails with this HTTP status from now on (None: answer normally again)."""
+        with self._lock:
+            self._fail_always = None if status is None else (status, description)
+
     def calls_of(self, method: str, ok_only: bool = True) -> list[Call]:
         with self._lock:
             return [c for c in self.calls if c.method == method and (c.status == 200 or not ok_only)]
@@ -177,6 +184,8 @@ class BotApiStandIn:
             failure = next((f for f in self._fail if f[0] in (method, "*")), None)
             if failure is not None:
                 self._fail.remove(failure)
+            elif self._fail_always is not None:
+                failure = ("*", *self._fail_always)
         if failure is not None:
             description = failure[2] + (f" (at {request.path})" if self.echo_path_in_errors else "")
             return self._error(call, failure[1], description)

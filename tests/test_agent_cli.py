@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -23,7 +23,7 @@ from trainer.control import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-USER = getpass.getuser()
+USER = pwd.getpwuid(os.getuid()).pw_name  # the audit's name for us (not LOGNAME)
 
 
 def step(n: int, wall_time: float, **kw) -> StepTelemetry:
@@ -171,6 +171,29 @@ def test_unknown_proposal_is_a_one_line_error(run, capsys):
     assert main(["reject", "99", "--run-dir", str(run)]) == 2
 
 
+def test_a_huge_proposal_id_is_a_one_line_error(run, capsys):
+    huge = "99999999999999999999999"  # beyond SQLite's 64-bit integers
+    for verb in ("approve", "reject"):
+        assert main([verb, huge, "--run-dir", str(run)]) == 2
+        assert f"error: no proposal {huge} in" in one_line(capsys.readouterr().err)
+    with Journal(journal_path(run), create=False) as j:
+        assert [p.id for p in j.pending_proposals()] == [1, 2]
+
+
+def test_the_audit_names_the_real_user_not_logname(run):
+    assert USER != "mallory"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LOGNAME": "mallory", "USER": "mallory", "LNAME": "mallory",
+           "USERNAME": "mallory"}
+    for argv in (["pause"], ["approve", "1"]):
+        done = subprocess.run([sys.executable, "-m", "agent.cli", *argv, "--run-dir", str(run)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    with Journal(journal_path(run), create=False) as j:
+        actors = {a.actor for a in j.audit_log() if a.action in ("pause", "approved")}
+        assert actors == {f"cli:{USER}"}, actors
+        assert j.get_proposal(1).decided_by == f"cli:{USER}"
+
+
 @pytest.mark.parametrize("kind", ["pause", "resume", "stop"])
 def test_control_commands_are_queued_with_audit(run, kind, capsys):
     with Journal(journal_path(run), create=False) as j:
@@ -293,3 +316,109 @@ def test_module_help_lists_trainer_and_agent_commands():
     for command in ("run", "status", "pending", "approve", "reject", "pause", "resume", "stop", "history",
                     "data", "train", "synth", "demo"):
         assert f"\n    {command} " in result.stdout, (command, result.stdout)
+
+
+# -- the journal: read-only commands change nothing; run refuses to start a new history silently ------
+READ_ONLY_COMMANDS = (["status"], ["history"], ["pending"], ["trials"])
+
+
+def _beside(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name + "-"))
+
+
+def test_read_only_commands_leave_an_empty_journal_alone(tmp_path, capsys):
+    path = journal_path(tmp_path)
+    path.touch()  # e.g. truncated by a full disk or a bad copy
+    for argv in READ_ONLY_COMMANDS:
+        assert main([*argv, "--run-dir", str(tmp_path)]) == 2, argv
+        line = one_line(capsys.readouterr().err)
+        assert line.startswith(f"error: {path} is empty: it holds no run journal") and "--new-journal" in line
+        assert path.stat().st_size == 0 and _beside(path) == [], argv
+
+
+def test_read_only_commands_work_for_a_user_who_may_only_read(run, tmp_path):
+    """A journal and folder the user cannot write (as root: run as nobody, for root ignores
+    file modes): status, history, pending and trials read it and change nothing."""
+    import shutil
+    import tempfile
+
+    public = Path(tempfile.mkdtemp(prefix="smart-tuner-ro-")) / "run"  # not under pytest's 0700 folder
+    try:
+        public.mkdir()
+        shutil.copy2(journal_path(run), journal_path(public))
+        shutil.copy2(child_config_path(run), child_config_path(public))
+        before = journal_path(public).read_bytes(), journal_path(public).stat().st_mtime_ns
+        journal_path(public).chmod(0o444)
+        public.chmod(0o555)
+        public.parent.chmod(0o755)
+        code = "\n".join([
+            "import os, sys",
+            "import sqlite3, yaml, agent.cli, agent.journal, agent.paths, agent.views, agent.tuner.cli, trainer.config",
+            "agent.cli.build_parser()  # (imports what the parser needs, e.g. for --version)",
+            "if os.geteuid() == 0:  # after the imports: nobody may not read the Python installation",
+            "    os.setgroups([]); os.setgid(65534); os.setuid(65534)",
+            f"rcs = [agent.cli.main([*argv, '--run-dir', {str(public)!r}]) for argv in {READ_ONLY_COMMANDS!r}]",
+            "print('RCS', rcs)",
+        ])
+        done = _py("-c\0" + code)
+        assert done.returncode == 0 and "RCS [0, 0, 0, 0]" in done.stdout, (done.stdout, done.stderr)
+        assert "aligning since" in done.stdout and "step      20 / 120" in done.stdout
+        assert "alignment_stall/set_guided_attention" in done.stdout
+        assert (journal_path(public).read_bytes(), journal_path(public).stat().st_mtime_ns) == before
+        assert _beside(journal_path(public)) == []
+    finally:
+        public.chmod(0o755)
+        shutil.rmtree(public.parent, ignore_errors=True)
+
+
+def _run_config(tmp_path: Path, run_dir: Path) -> Path:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"run_dir": str(run_dir), "tracking": {"enabled": False}}))
+    return config
+
+
+@pytest.fixture
+def quiet_daemon_logging(monkeypatch):
+    import agent.logs
+
+    monkeypatch.setattr(agent.logs, "configure_logging", lambda *a, **kw: None)
+
+
+def test_a_corrupt_journal_is_one_line_with_the_way_out_for_status_and_run(tmp_path, capsys, quiet_daemon_logging):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    path = journal_path(run_dir)
+    path.write_bytes(os.urandom(8192))
+    garbage = path.read_bytes()
+    assert main(["status", "--run-dir", str(run_dir)]) == 2
+    status_line = one_line(capsys.readouterr().err)
+    assert status_line.startswith(f"error: {path}: cannot open the run journal (file is not a database); "
+                                  "restore it from a backup"), status_line
+    assert main(["run", "--config", str(_run_config(tmp_path, run_dir))]) == 2
+    assert one_line(capsys.readouterr().err) == status_line
+    assert path.read_bytes() == garbage and _beside(path) == []
+
+
+def test_run_refuses_a_missing_or_empty_journal_beside_checkpoints(tmp_path, capsys, monkeypatch,
+                                                                   quiet_daemon_logging):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "checkpoint_00000198.pt").write_bytes(b"weights")
+    config = _run_config(tmp_path, run_dir)
+    path = journal_path(run_dir)
+    assert main(["run", "--config", str(config)]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert f"{path} is missing, but {run_dir / 'checkpoints'} holds checkpoints (newest: step 198)" in line
+    assert "restore the journal from a backup" in line and "--new-journal" in line
+    assert not path.exists()
+    path.touch()
+    assert main(["run", "--config", str(config)]) == 2
+    assert f"{path} is empty (it holds no journal), but" in one_line(capsys.readouterr().err)
+    assert path.stat().st_size == 0 and _beside(path) == []
+
+    # --new-journal is how to start a new history on purpose (the daemon itself: tests/test_daemon.py).
+    seen = {}
+    monkeypatch.setitem(sys.modules, "agent.daemon", types.SimpleNamespace(
+        run_daemon=lambda config, *, log, **kw: seen.update(kw) or 0))
+    assert main(["run", "--config", str(config), "--new-journal"]) == 0
+    assert seen == {"new_journal": True}

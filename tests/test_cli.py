@@ -114,23 +114,58 @@ def test_synth_says_when_the_gate_fires_at_once_or_the_text_is_cut_off(espeak_da
     assert main(["synth", "--checkpoint", str(at_once), "--text", "Printing, in the only sense with which we are "
                  "at present concerned.", "--out", str(tmp_path / "a.wav"), "--griffin-lim-iters", "4"]) == 0
     out = capsys.readouterr().out
-    assert "warning: the stop gate fired after 0.0" in out and "far too early" in out
+    assert "the stop gate fired after 0.0" in out and "far too early" in out and "warning: " in out
     never = _sabotaged(espeak_dataset, tmp_path / "b", -30.0)
     long_text = "This sentence is far too long to be said in three decoder steps by any model at all. " * 3
     assert main(["synth", "--checkpoint", str(never), "--text", long_text, "--out", str(tmp_path / "b.wav"),
                  "--max-decoder-steps", "3", "--griffin-lim-iters", "4"]) == 0
     out = capsys.readouterr().out
-    assert "warning: the text was cut off" in out and "split it into shorter sentences" in out
+    assert "warning: part 1 of 3 ('This sentence is far too'...): the text was cut off after about" in out
+    assert "split it into shorter sentences" in out
+
+
+def test_synth_splits_a_long_text_at_sentence_ends_and_says_where_a_part_was_cut(espeak_dataset, tmp_path, capsys):
+    import soundfile
+
+    never = _sabotaged(espeak_dataset, tmp_path / "b", -30.0)  # every part runs to the step limit
+    text = "The first sentence is here. A second one follows it. And then a third. " * 2
+    out = tmp_path / "long.wav"
+    assert main(["synth", "--checkpoint", str(never), "--text", text, "--out", str(out), "--max-decoder-steps", "12",
+                 "--griffin-lim-iters", "2"]) == 0
+    said = capsys.readouterr().out
+    parts = int(said.split("spoken in ")[1].split(" parts")[0])
+    assert parts >= 3 and said.count("warning: part ") == parts  # each part named, with its first words
+    assert "part 1 of" in said and "'The first sentence is here.'" in said
+    # Each part ran to its 12-step limit (r = 2): the audio is all of them, pauses between.
+    frames = soundfile.info(str(out)).frames
+    assert frames > parts * 12 * 2 * 256
+    assert main(["synth", "--checkpoint", str(never), "--text", text, "--out", str(out), "--max-decoder-steps", "12",
+                 "--griffin-lim-iters", "2", "--no-split"]) == 0
+    said = capsys.readouterr().out
+    assert "parts" not in said and "warning: the text was cut off after about" in said
+    assert soundfile.info(str(out)).frames < frames / 2
+
+
+def test_split_text_keeps_sentences_whole_and_groups_short_ones():
+    from trainer.inference import split_text
+
+    assert split_text("One. Two. Three.", 100) == ["One. Two. Three."]
+    assert split_text("One two. Three four. Five six.", 10) == ["One two.", "Three four.", "Five six."]
+    assert split_text("Aa. Bb. Cc. Dd.", 8) == ["Aa. Bb.", "Cc. Dd."]
+    # A sentence too long alone is cut at its commas; a clause too long stays whole.
+    assert split_text("First clause here, second clause here.", 20) == ["First clause here,", "second clause here."]
+    assert split_text("Averyveryverylongword and more.", 5) == ["Averyveryverylongword and more."]
+    assert split_text("Hello.   ...   World!", 7) == ["Hello.", "World!"]  # a part with no words is dropped
 
 
 def test_synth_and_eval_refuse_bad_input_in_one_line(espeak_dataset, tmp_path, capsys):
     cfg = micro_config(espeak_dataset, tmp_path / "run", train__max_steps=2)
     Trainer(cfg).train()
     ckpt = tmp_path / "run" / "checkpoints" / "checkpoint_00000002.pt"
-    for text in ("", "   "):
+    for text, why in (("", "the text is empty"), ("   ", "the text is empty"), ("!!! ... ?", "has no words to say")):
         assert main(["synth", "--checkpoint", str(ckpt), "--text", text, "--out", str(tmp_path / "x.wav")]) == 2
         err = capsys.readouterr().err
-        assert "the text is empty" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert why in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.wav").exists()
     other = micro_config(espeak_dataset, tmp_path / "run", model__attention_rnn_dim=48)
     other_file = _write_config(tmp_path / "other.yaml", other)

@@ -523,3 +523,142 @@ def test_policy_window_spans_the_evaluations_the_overfit_rule_compares():
     # NVIDIA's interval: 4 evaluations of 1000 steps back, plus the 100-step median.
     assert window_for_evaluations(cfg, 1000).window_steps == 4100
     assert window_for_evaluations(cfg, 50).window_steps == 2000  # already wide enough
+
+
+# -- a pause outlives restarts; only a real end of the run is "finished" ------------------------------
+def _kill_daemon_and_child(proc: subprocess.Popen | None, run_dir: Path) -> None:
+    """A test's daemon, and the trainer it started (a SIGKILLed daemon leaves its trainer running)."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    try:
+        pid = json.loads(child_pid_path(run_dir).read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _journal_paused(run_dir: Path) -> bool:
+    with Journal(journal_path(run_dir), readonly=True) as j:
+        return j.is_paused()
+
+
+@pytest.mark.slow
+def test_pause_survives_a_daemon_restart_until_resumed(espeak_dataset, tmp_path, capsys):
+    from agent.cli import main as cli_main
+    from conftest import wait_until
+
+    run = tmp_path / "run"
+    cfg = _config(espeak_dataset, run, max_steps=10_000, eval__every_steps=10_000,
+                  checkpoint__every_steps=10_000, process={"hang_seconds": 60})
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    script = _daemon_script(tmp_path, config_path)
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, cwd=ROOT)
+
+    daemon = start()
+    try:
+        _wait_for_step(run, 2, timeout=120)
+        assert cli_main(["pause", "--run-dir", str(run)]) == 0
+        wait_until(lambda: _journal_paused(run), 60, "the trainer to apply the pause")
+        daemon.send_signal(signal.SIGTERM)  # the daemon stops (final checkpoint) and starts again
+        assert daemon.wait(timeout=60) == 0
+        stopped = _max_step(run)
+        daemon = start()
+        # The new trainer has resumed from the final checkpoint: it must stay paused.
+        wait_until(lambda: trainer_log_path(run).read_text().count("resumed from") == 1, 120,
+                   "the new trainer to resume")
+        time.sleep(4)  # telemetry reaches the journal within about 1 s
+        assert _max_step(run) == stopped, trainer_log_path(run).read_text()[-2000:]
+        assert "starting paused" in trainer_log_path(run).read_text()
+        capsys.readouterr()
+        assert cli_main(["status", "--run-dir", str(run), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["paused"] is True
+        assert cli_main(["resume", "--run-dir", str(run)]) == 0
+        wait_until(lambda: (_max_step(run) or 0) > stopped, 60, "training to go on after resume")
+        assert cli_main(["stop", "--run-dir", str(run)]) == 0
+        assert daemon.wait(timeout=60) == 0
+        daemon = None
+    finally:
+        _kill_daemon_and_child(daemon, run)
+    assert not _journal_paused(run)
+
+
+@pytest.mark.slow
+def test_trainer_stopped_by_a_sigterm_from_elsewhere_is_restarted(espeak_dataset, tmp_path):
+    run = tmp_path / "run"
+    cfg = _config(espeak_dataset, run, max_steps=60, eval__every_steps=10_000, checkpoint__every_steps=10_000)
+    killed: list[int] = []
+
+    def sigterm_the_first_trainer() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                stepping = any(line.startswith("step ") for line in trainer_log_path(run).read_text().splitlines())
+                pid = json.loads(child_pid_path(run).read_text())["pid"]
+            except (OSError, ValueError, KeyError):
+                stepping = False
+            if stepping:
+                os.kill(pid, signal.SIGTERM)  # not through the daemon
+                killed.append(pid)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=sigterm_the_first_trainer, daemon=True)
+    killer.start()
+    sups: list = []
+    rc = run_daemon(cfg, log=RecordingLog(), supervisor_factory=_factory(sups), echo_child=False)
+    killer.join(timeout=5)
+    text = trainer_log_path(run).read_text()
+    assert killed, text
+    stops = [line for line in text.splitlines() if line.startswith("stopped at step ")]
+    assert stops[0].endswith(": SIGTERM") and stops[-1].endswith(": max_steps"), stops
+    assert int(stops[0].split()[3].rstrip(":")) < 60  # it was stopped before the end
+    assert rc == 0
+    kinds = [k for k, _ in sups[0].events]
+    assert kinds == ["started", "crashed", "restarted", "finished"], sups[0].events
+    assert "stop by SIGTERM from outside the daemon" in sups[0].events[1][1]
+    assert "(max_steps)" in sups[0].events[-1][1]
+    assert _max_step(run) == 60
+
+
+def test_child_that_exits_0_after_an_outside_stop_is_restarted_and_a_finished_one_is_not(tmp_path):
+    """The stop reason the child reports decides: max_steps ends the run, SIGTERM does not."""
+    script = tmp_path / "reporting_child.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, pathlib
+        from agent.journal import Journal
+        first = pathlib.Path({str(tmp_path / "first-child-ran")!r})
+        reason = "max_steps" if first.exists() else "SIGTERM"
+        first.touch()
+        with Journal({str(journal_path(tmp_path / "run"))!r}) as j:
+            j.set_state("child_status", {{"pid": os.getpid(), "status": "stopping", "reason": reason}})
+    """))
+    sups: list = []
+    rc = run_daemon(_quick_config(tmp_path), log=RecordingLog(), supervisor_factory=_factory(sups),
+                    echo_child=False, child_command=[sys.executable, str(script)])
+    assert rc == 0
+    assert [k for k, _ in sups[0].events] == ["started", "crashed", "restarted", "finished"], sups[0].events
+
+
+def test_new_journal_starts_a_new_history_beside_checkpoints_only_when_asked(tmp_path):
+    cfg = _quick_config(tmp_path)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint_00000198.pt").write_bytes(b"weights")
+    child = [sys.executable, "-c", "pass"]
+    with pytest.raises(UserError, match=r"is missing, but .* holds checkpoints \(newest: step 198\)"):
+        run_daemon(cfg, log=RecordingLog(), supervisor_factory=_factory([]), echo_child=False, child_command=child)
+    assert not journal_path(run).exists()
+    assert run_daemon(cfg, log=RecordingLog(), supervisor_factory=_factory([]), echo_child=False,
+                      child_command=child, new_journal=True) == 0
+    assert _daemon_audit(run)[:2] == ["new_journal", "started"]
+    # From then on the journal holds the run's history: no flag needed.
+    assert run_daemon(cfg, log=RecordingLog(), supervisor_factory=_factory([]), echo_child=False,
+                      child_command=child) == 0

@@ -8,12 +8,14 @@ with a real trainer are in ``test_telegram_e2e.py``.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -379,6 +381,87 @@ def test_failing_sends_never_show_the_token(run_dir, standin, start_bot, caplog)
     assert "sending failed" in logged and "Failed to fetch updates" in logged
     for where, text in (("structlog output", logged), ("journal", journal_text)):
         assert SECRET not in text, where
+
+
+@pytest.mark.parametrize("status,description", [(401, "Unauthorized"), (502, "Bad Gateway")])
+def test_exit_with_telegram_failing_tries_a_few_times_then_leaves_the_outbox(run_dir, standin, start_bot, status,
+                                                                             description):
+    """A revoked token (401) or a broken proxy (502) at exit: a few tries with backoff, not
+    a storm of requests, and the notice waits in the outbox for the next start."""
+    log = Log()
+    with Journal(journal_path(run_dir)) as j:
+        svc = start_bot(log=log)
+        standin.fail_always(status, description)
+        j.outbox_put("child_finished", "trainer finished: trainer exited 0 at step 90", {"urgent": True})
+        standin.wait_for(lambda: len(standin.calls_of("sendMessage", ok_only=False)) >= 2, what="failed sends")
+        before = len(standin.calls)
+        t0 = time.monotonic()
+        svc.stop()
+        took = time.monotonic() - t0
+        during = standin.calls[before:]
+        assert not svc._thread.is_alive() and took < FAST["flush_seconds"] + 5
+        assert len(during) <= 10, [c.method for c in during]
+        assert [m.kind for m in j.outbox_pending()] == ["child_finished"]  # for the next start
+    assert ("info", "telegram: bot stopped") in [(lvl, ev) for lvl, ev, _ in log.events]
+    assert "stopped by an error" not in log.text() and "OverflowError" not in log.text()
+    assert "undelivered notifications stay in the outbox" in log.text()
+
+
+def test_a_command_cut_short_is_handled_again_after_a_restart(run_dir, standin, start_bot, monkeypatch):
+    """An update is confirmed to Telegram (the getUpdates offset) only once it was handled."""
+    from agent.telegram_bot import TelegramBot
+
+    entered = threading.Event()
+    original = TelegramBot._control
+
+    async def cut_short(self, message, kind):
+        entered.set()
+        await asyncio.sleep(3600)  # the daemon is stopped in the middle of the command
+
+    monkeypatch.setattr(TelegramBot, "_control", cut_short)
+    with Journal(journal_path(run_dir)) as j:
+        svc = start_bot()
+        update = standin.inject_message(CHAT, USER, "/pause")
+        assert entered.wait(20), "the /pause handler did not start"
+        time.sleep(0.5)  # time enough for a poll that would confirm it early
+
+        def offsets():
+            return [int(c.fields.get("offset") or 0) for c in standin.calls_of("getUpdates", ok_only=False)]
+
+        assert max(offsets()) <= update, offsets()  # not confirmed while being handled
+        svc.stop()
+        assert j.commands() == []
+        monkeypatch.setattr(TelegramBot, "_control", original)
+        start_bot()
+        standin.wait_for(lambda: [m for m in standin.sent_to(CHAT) if m["text"].startswith("queued pause")],
+                         what="the /pause handled after the restart")
+        (command,) = j.commands()
+        assert command.kind == "pause"
+        standin.wait_for(lambda: max(offsets()) == update + 1, what="the update confirmed once handled")
+
+
+def test_commands_for_another_bot_are_ignored_and_huge_ids_answered(run_dir, standin, start_bot):
+    huge = "99999999999999999999999"  # beyond SQLite's 64-bit integers
+    with Journal(journal_path(run_dir)) as j:
+        pid = ask(j)
+        start_bot()
+        card = card_of(standin, pid)
+        standin.inject_message(CHAT, USER, "/status@other_bot")
+        standin.inject_message(STRANGER, STRANGER, "/start@other_bot")  # not for us: not even refused
+        standin.inject_message(CHAT, USER, f"/approve {huge}")
+        standin.wait_for(lambda: [m for m in standin.sent_to(CHAT)
+                                  if m["text"] == f"No proposal {huge} (/pending lists the waiting ones)."],
+                         what="the /approve reply")
+        standin.inject_press(CHAT, USER, card["message_id"], f"decide:{huge}:approve")
+        answer = standin.wait_for(lambda: standin.callback_answers, what="the button's answer")[0]
+        assert answer["text"] == f"No proposal {huge}."
+        standin.inject_message(CHAT, USER, "/status@smart_tuner_test_bot")  # addressed to us: answered
+        standin.wait_for(lambda: [m for m in standin.sent_to(CHAT) if "phase     warmup" in m["text"]],
+                         what="the /status@ours reply")
+        texts = [m.get("text", "") for m in standin.sent_to(CHAT)]
+        assert not [t for t in texts if "Unknown command" in t], texts
+        assert standin.sent_to(STRANGER) == [] and not [a for a in j.audit_log() if a.action == "refused"]
+        assert j.get_proposal(pid).status == "proposed" and j.commands() == []
 
 
 def test_daemon_without_a_token_notifies_on_the_console_and_never_imports_aiogram(tmp_path):

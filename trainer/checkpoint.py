@@ -132,7 +132,7 @@ _REFUSED = re.compile(r"GLOBAL ([\w.]+)|but got <class '([^']+)'>")
 def _refused_message(path: Path, name: str) -> str:
     out = path.with_name(f"{path.stem}-weights.pt")
     resave = ("python -c \"import sys, torch; c = torch.load(sys.argv[1], map_location='cpu', weights_only=False); "
-              "torch.save({'state_dict': c['state_dict'], 'iteration': int(c.get('iteration', 0))}, sys.argv[2])\" "
+              "torch.save({'state_dict': c.get('state_dict') or c['model_state_dict'], 'iteration': int(c.get('iteration', 0))}, sys.argv[2])\" "
               f"{shlex.quote(str(path))} {shlex.quote(str(out))}")
     return (f"{path}: not loaded: it holds pickled Python objects ({name}) besides tensors and plain values, "
             "and unpickling them could run any code; if you trust this file, save its weights alone with "

@@ -31,6 +31,15 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     esp.add_argument("--jobs", type=int, default=None, help="parallel espeak-ng processes (default: CPU count)")
     esp.set_defaults(func=_cmd_data_espeak)
 
+    prep = dsub.add_parser("prepare", help="make train.txt / val.txt from a corpus as downloaded (LJSpeech)")
+    prep.add_argument("--ljspeech", required=True, type=Path, metavar="DIR",
+                      help="the unpacked LJSpeech-1.1 folder (metadata.csv and wavs/)")
+    prep.add_argument("--out", required=True, type=Path, metavar="DIR",
+                      help="folder for train.txt and val.txt (may be the LJSpeech folder itself)")
+    prep.add_argument("--val-fraction", type=float, default=0.05, help="share of clips for val.txt (default 0.05)")
+    prep.add_argument("--seed", type=int, default=1234, help="seed of the train/val split (default 1234)")
+    prep.set_defaults(func=_cmd_data_prepare)
+
     chk = dsub.add_parser("check", help="audit a dataset before training")
     chk.add_argument("--config", required=True, help="config file or shipped config name")
     chk.add_argument("--show", type=int, default=5, help="offending lines to show per problem (default 5)")
@@ -49,6 +58,13 @@ def _cmd_data_espeak(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from trainer.data.ljspeech import prepare_ljspeech
+
+    print(prepare_ljspeech(args.ljspeech, args.out, val_fraction=args.val_fraction, seed=args.seed))
+    return 0
+
+
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from trainer.config import load_config
     from trainer.data.audit import audit_dataset
@@ -56,6 +72,8 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     report = audit_dataset(config.data, config.audio, config.text)
     print(report.format(show=args.show))
+    if report.by_kind("malformed_filelist"):
+        return 2  # like an unusable config: that filelist's clips were not checked at all
     return 0 if report.ok else 1
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +15,18 @@ from trainer.errors import UserError
 def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
     import yaml
 
+    from trainer.redact import has_secret, mask_text
+
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"--set {pair!r}: expected section.key=value, e.g. --set optim.learning_rate=3e-4")
         out[key.strip()] = yaml.safe_load(value)
+        if has_secret(value):  # used as given, but said once: argv is not a place for passwords
+            print(f"warning: --set {mask_text(pair)}: a password on the command line can be read by every user of "
+                  "this machine (ps); for MLflow use MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD "
+                  "(environment or .env)", file=sys.stderr, flush=True)
     return out
 
 
@@ -43,6 +51,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sy.add_argument("--max-decoder-steps", type=int, default=None)
     sy.add_argument("--gate-threshold", type=float, default=None)
     sy.add_argument("--griffin-lim-iters", type=int, default=60)
+    sy.add_argument("--no-split", action="store_true",
+                    help="speak a long text in one go (default: split at sentence ends where it would not fit "
+                         "the decoder-step limit)")
     sy.set_defaults(func=_cmd_synth)
 
     ev = sub.add_parser("eval", help="speak the validation sentences and probes with a checkpoint and judge them")
@@ -111,11 +122,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         wav, plot, result = synthesize_to_files(
             args.checkpoint, args.text, args.out, config, max_decoder_steps=args.max_decoder_steps,
-            gate_threshold=args.gate_threshold, griffin_lim_iters=args.griffin_lim_iters)
+            gate_threshold=args.gate_threshold, griffin_lim_iters=args.griffin_lim_iters, split=not args.no_split)
     for w in caught:
         print(f"warning: {w.message}")
     seconds = len(result.audio) / (config or _config_of(args.checkpoint)).audio.sampling_rate
-    print(f"wrote {wav} ({seconds:.2f} s) and {plot}")
+    parts = f", spoken in {result.parts} parts split at sentence ends" if result.parts > 1 else ""
+    print(f"wrote {wav} ({seconds:.2f} s{parts}) and {plot}")
     return 0
 
 
@@ -236,7 +248,9 @@ def demo_sample(config) -> dict:
     else:
         print(f"not speaking yet: {spoken} of {len(val)} validation sentences spoken \u2014 run the demo again to "
               "continue")
-    print(f"MLflow: mlflow ui --backend-store-uri sqlite:///{(config.run_dir / 'mlflow.db').resolve()}")
+    # The venv's own interpreter: `mlflow` is not on the PATH outside the venv.
+    print(f"MLflow: {shlex.quote(sys.executable)} -m mlflow ui --backend-store-uri "
+          f"sqlite:///{(config.run_dir / 'mlflow.db').resolve()}")
     return report
 
 

@@ -29,6 +29,7 @@ from trainer.data.dataset import Batch, BucketBatchSampler, Collate, TextMelData
 from trainer.evaluate import Evaluator
 from trainer.loss import LossWeights, tacotron2_loss
 from trainer.model.tacotron2 import Tacotron2
+from trainer.redact import mask_urls
 from trainer.schedule import LRSchedule
 from trainer.speech.freerun import build_free_running, frames_per_token
 from trainer.speech.verdict import speech_rank
@@ -346,7 +347,7 @@ class Trainer:
             "learning_rate": self.current_lr,
             "smart_tuner": {
                 "version": 1,
-                "config": self.config.model_dump(mode="json"),
+                "config": mask_urls(self.config.model_dump(mode="json")),  # checkpoints get handed around
                 "n_symbols": self.model.embedding.num_embeddings,
                 "schedule": self.schedule.state_dict(),
                 "loss_weights": self.loss_weights.state_dict(),

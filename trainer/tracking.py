@@ -5,11 +5,17 @@ run produces, so the callback only enqueues. A background thread drains the queu
 with ``log_batch`` (up to 1000 metrics per call) about once a second and uploads
 alignment images as artifacts. A failing tracking store produces a warning, never a
 dead training run.
+
+A tracking server that cannot be reached is found out before MLflow is used: one
+short request (:func:`probe_server`), so that a server that is down costs a few
+seconds and one line, not MLflow's minutes of retries. A password in the tracking
+URI is masked in everything written or printed (``trainer.redact``).
 """
 
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 from pathlib import Path
@@ -18,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from trainer.callbacks import BaseCallback
 from trainer.config import TrackingConfig
 from trainer.control import EvalRecord, StepTelemetry
+from trainer.redact import mask_text, mask_urls, reveal
 
 if TYPE_CHECKING:
     from trainer.loop import Trainer
@@ -31,8 +38,58 @@ _SPEECH_FIELDS = ("score", "mcd_dtw", "spoken", "utterances", "stopped", "premat
                   "read", "synthesized", "gate_fired", "duration_ratio", "seconds")
 
 
+# The real tracking URI when the config holds it masked (the daemon sets it for its
+# trainer child, whose run-config.yaml has the password masked).
+TRACKING_URI_ENV = "SMART_TUNER_TRACKING_URI"
+PROBE_SECONDS = 5.0
+
+
 def default_tracking_uri(run_dir: Path) -> str:
     return f"sqlite:///{(Path(run_dir) / 'mlflow.db').resolve()}"
+
+
+def resolve_tracking_uri(cfg: TrackingConfig, run_dir: Path) -> str:
+    """The URI to give MLflow: the config's (its password revealed), or the run's SQLite store."""
+    if not cfg.tracking_uri:
+        return default_tracking_uri(run_dir)
+    return reveal(cfg.tracking_uri, TRACKING_URI_ENV)
+
+
+def probe_server(uri: str, timeout: float = PROBE_SECONDS) -> str | None:
+    """Why an ``http(s)`` tracking server cannot be used, or None when it answers (or the
+    URI is not a server's). One request, no retries; an HTTP answer below 500 counts as
+    alive (authentication is MLflow's business), 5xx as down (MLflow would retry it for
+    minutes)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return None
+    import requests
+
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    bare = urlunsplit((parts.scheme, netloc, parts.path or "/", "", ""))  # no credentials, no query
+    try:
+        answer = requests.head(bare, timeout=timeout, allow_redirects=False)
+    except requests.exceptions.SSLError:
+        return None  # it answers; certificates are MLflow's settings (MLFLOW_TRACKING_SERVER_CERT_PATH)
+    except requests.exceptions.Timeout:
+        return f"no answer within {timeout:g} s"
+    except requests.exceptions.RequestException as exc:
+        errno = re.search(r"\[Errno -?\d+\] ([^)\"']+)", str(exc))  # e.g. "Connection refused"
+        why = errno[1].strip() if errno else type(exc).__name__
+        return mask_text(why[:1].lower() + why[1:])[:160]
+    if answer.status_code >= 500:
+        return f"it answers HTTP {answer.status_code}"
+    return None
+
+
+def tracking_off_notice(shown_uri: str, why: str) -> str:
+    return f"warning: MLflow tracking is off: the server at {shown_uri} cannot be reached ({why}); " \
+           "training continues without MLflow logging"
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -46,7 +103,8 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
 class MlflowLogger(BaseCallback):
     def __init__(self, cfg: TrackingConfig, run_dir: Path, flush_seconds: float = 1.0) -> None:
         self.cfg = cfg
-        self.uri = cfg.tracking_uri or default_tracking_uri(run_dir)
+        self.uri = resolve_tracking_uri(cfg, run_dir)  # the real one, for MLflow only
+        self.shown_uri = mask_text(self.uri)  # what is printed
         self.flush_seconds = flush_seconds
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -57,15 +115,24 @@ class MlflowLogger(BaseCallback):
     # -- training thread: enqueue only ------------------------------------------
     def on_train_start(self, trainer: "Trainer") -> None:
         try:
+            why = probe_server(self.uri)
+            if why is not None:
+                print(tracking_off_notice(self.shown_uri, why), flush=True)
+                self._client = None
+                return
             self._start(trainer)
         except Exception as exc:  # an unusable store must not stop training
-            print(f"warning: MLflow at {self.uri} is unusable ({type(exc).__name__}: {str(exc)[:200]}); "
+            print(f"warning: MLflow at {self.shown_uri} is unusable "
+                  f"({type(exc).__name__}: {mask_text(str(exc))[:200]}); "
                   "training continues without MLflow logging", flush=True)
             self._client = None
 
     def _start(self, trainer: "Trainer") -> None:
         from mlflow.tracking import MlflowClient
 
+        from trainer.envfile import load_mlflow_credentials
+
+        load_mlflow_credentials()  # MLflow reads them from the environment; .env may hold them
         self._client = MlflowClient(tracking_uri=self.uri)
         self.run_id = trainer.extras.get("mlflow_run_id")
         if self.run_id is None:
@@ -79,7 +146,7 @@ class MlflowLogger(BaseCallback):
             self.run_id = run.info.run_id
             trainer.extras["mlflow_run_id"] = self.run_id
             params: dict[str, str] = {}
-            _flatten("", trainer.config.model_dump(mode="json"), params)
+            _flatten("", mask_urls(trainer.config.model_dump(mode="json")), params)  # no URL passwords
             self._queue.put(("params", params))
         else:
             self._client.update_run(self.run_id, status="RUNNING")
@@ -157,6 +224,6 @@ class MlflowLogger(BaseCallback):
             fn(*args, **kwargs)
         except Exception as exc:  # tracking must never stop training
             if not self._warned:
-                print(f"warning: MLflow logging to {self.uri} failed ({type(exc).__name__}: {exc}); "
-                      "training continues", flush=True)
+                print(f"warning: MLflow logging to {self.shown_uri} failed "
+                      f"({type(exc).__name__}: {mask_text(str(exc))[:300]}); training continues", flush=True)
                 self._warned = True

@@ -9,6 +9,11 @@ import json
 import time
 from typing import Any, Callable
 
+from trainer.errors import UserError
+
+# The Optuna storage URL for `tune` (environment or .env): where a URL with a password goes.
+STORAGE_ENV = "SMART_TUNER_TUNER_STORAGE"
+
 
 def add_commands(sub: argparse._SubParsersAction, add_run_dir_options: Callable[[argparse.ArgumentParser], None]) -> None:
     tu = sub.add_parser("tune", help="run (or resume) an Optuna study from scratch; writes the best config as YAML")
@@ -16,8 +21,9 @@ def add_commands(sub: argparse._SubParsersAction, add_run_dir_options: Callable[
     tu.add_argument("--trials", type=int, required=True, metavar="N", help="trials to run now (a resumed study adds N)")
     tu.add_argument("--steps", type=int, required=True, metavar="S", help="training steps per trial")
     tu.add_argument("--storage", metavar="URL", default=None,
-                    help="Optuna storage: a journal file path or an SQLAlchemy URL (postgresql://user:pw@host/db "
-                         "for several machines); default RUN_DIR/study/optuna.journal")
+                    help="Optuna storage: a journal file path or an SQLAlchemy URL without a password "
+                         "(postgresql://user@host/db for several machines); a URL with a password goes in "
+                         f"{STORAGE_ENV} (environment or .env); default RUN_DIR/study/optuna.journal")
     tu.add_argument("--study-name", metavar="NAME", default=None, help="default: the run folder's name")
     tu.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set tuner.sampler=random (repeatable)")
@@ -41,9 +47,25 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, cli_train._parse_overrides(args.set))
     cfg = tuner_config(config.tuner)
-    outcome = run_study(config, cfg, trials=args.trials, steps=args.steps, storage=args.storage,
+    outcome = run_study(config, cfg, trials=args.trials, steps=args.steps, storage=storage_url(args.storage),
                         study_name=args.study_name)
     return 0 if outcome.results and any(r.state != "failed" for r in outcome.results) else 1
+
+
+def storage_url(argv_value: str | None) -> str | None:
+    """``--storage``, else ``SMART_TUNER_TUNER_STORAGE`` (environment, then .env), else None
+    (the config's ``tuner.storage`` or the default journal file). A password on the
+    command line is refused: every user of the machine can read it in the process list."""
+    from trainer.envfile import setting
+    from trainer.redact import has_secret, mask_text
+
+    if argv_value is not None:
+        if has_secret(argv_value):
+            raise UserError(f"--storage {mask_text(argv_value)}: a password on the command line can be read by "
+                            "every user of this machine (ps) and stays in the shell history; put the URL in "
+                            f"{STORAGE_ENV} (the environment or .env) and leave --storage out")
+        return argv_value
+    return setting(STORAGE_ENV)
 
 
 def _cmd_tune_now(args: argparse.Namespace) -> int:
@@ -82,7 +104,7 @@ def _cmd_trials(args: argparse.Namespace) -> int:
     from agent.cli import _Run
 
     run = _Run(args)
-    with run.open() as journal:
+    with run.open(readonly=True) as journal:
         rows = journal.trials()
     if args.json:
         print(json.dumps([_trial_dict(t) for t in rows], indent=2))

@@ -3,9 +3,11 @@
 Every trial trains the config from step 0 for ``--steps`` steps with its sampled values
 set as config keys, in ``RUN/study/trials/trial-NNNN`` (``RUN`` = the config's
 ``run_dir``). The study is stored in ``RUN/study/optuna.journal`` (Optuna's journal
-file) unless ``--storage`` names another: a journal file path or an SQLAlchemy URL
-such as ``postgresql://user:password@host/db``, which lets several machines work one
-study (each runs the same command with the same ``--storage`` and ``--study-name``).
+file) unless ``--storage`` (or ``SMART_TUNER_TUNER_STORAGE``, or ``tuner.storage``)
+names another: a journal file path or an SQLAlchemy URL such as
+``postgresql://user:password@host/db``, which lets several machines work one study (each
+runs the same command with the same storage and ``--study-name``). A URL's password is
+masked in everything printed or written (``trainer.redact``).
 Running the command again resumes the study: numbering continues, earlier trials count.
 
 When it ends it writes ``RUN/study/best-config.yaml``: the config with the best
@@ -34,6 +36,7 @@ from agent.tuner.trial_child import TrialSpec
 from trainer.config import RunConfig, parse_config
 from trainer.errors import UserError
 from trainer.fsutil import atomic_write
+from trainer.redact import mask_text, mask_urls
 
 
 @dataclass
@@ -59,12 +62,12 @@ def trial_config(config: RunConfig, params: dict[str, float] | None, folder: Pat
     raw["eval"]["every_steps"] = cfg.report_every
     raw["checkpoint"].update(every_steps=NO_SAVES, keep_last=1, keep_best=False)
     raw["tracking"]["enabled"] = False
-    return raw
+    return mask_urls(raw)  # written to the trial's spec.json
 
 
 def best_config_yaml(config: RunConfig, params: dict[str, float], run_dir: Path) -> str:
     """The user's config with the values set: validated as a RunConfig, dumped as YAML."""
-    raw = apply_to_config(config.model_dump(mode="json"), params)
+    raw = mask_urls(apply_to_config(config.model_dump(mode="json"), params))  # no URL passwords in files
     raw["run_dir"] = str(run_dir)
     text = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
     parse_config(text, "<best config>")  # the file must load as it is
@@ -112,7 +115,8 @@ def run_study(config: RunConfig, cfg: TunerConfig, *, trials: int, steps: int, s
     if stale:
         out(f"trials {stale} were left running by a process that is gone; marked failed")
     before = len(study.get_trials(deepcopy=False))
-    out(f"study {name!r} in {url or default_file}: {before} earlier trial(s); running {trials} more of {steps} steps "
+    shown = mask_text(str(url or default_file))  # the real URL goes to Optuna only
+    out(f"study {name!r} in {shown}: {before} earlier trial(s); running {trials} more of {steps} steps "
         f"({cfg.sampler_kind} sampler, {cfg.pruner_kind} pruner) on {socket.gethostname()}")
     enqueue_baseline(study, config_values(config), cfg)
     tracker = TrialTracker(config.tracking, config.run_dir, log=out)
@@ -125,7 +129,7 @@ def run_study(config: RunConfig, cfg: TunerConfig, *, trials: int, steps: int, s
 
     results = run_trials(study, trials, cfg, build, _ConsoleHooks(tracker, parent, out))
     all_trials = study.get_trials(deepcopy=False)
-    result = StudyOutcome(study_name=name, storage=str(url or default_file), results=results,
+    result = StudyOutcome(study_name=name, storage=shown, results=results,
                           numbers=[t.number for t in all_trials])
     done = [t for t in all_trials if t.state == TrialState.COMPLETE]
     if not done:
@@ -155,7 +159,7 @@ def run_study(config: RunConfig, cfg: TunerConfig, *, trials: int, steps: int, s
     _write(result.best_config, best_config_yaml(config, result.best_params, Path(config.run_dir) / "best"))
     out(f"best: trial {chosen.number}, objective {value:.4f} ({describe(params) or 'the config as it is'})")
     out(f"wrote {result.best_config}: smart-tuner train --config {result.best_config}")
-    out(f"browse the study: {dashboard_hint(url, default_file)}  (pip install optuna-dashboard)")
+    out(f"browse the study: {mask_text(dashboard_hint(url, default_file))}  (pip install optuna-dashboard)")
     return result
 
 

@@ -33,11 +33,21 @@ class TrialTracker:
             return False
         if self._client is None:
             try:
+                from trainer.redact import mask_text
+                from trainer.tracking import probe_server, resolve_tracking_uri, tracking_off_notice
+
+                uri = resolve_tracking_uri(self.cfg, self.run_dir)  # the real one, for MLflow only
+                why = probe_server(uri)
+                if why is not None:  # a server that is down: one line now, not minutes of retries
+                    self.log(tracking_off_notice(mask_text(uri), why).replace("training continues",
+                                                                              "tuning continues"))
+                    self._broken = True
+                    return False
                 from mlflow.tracking import MlflowClient
 
-                from trainer.tracking import default_tracking_uri
+                from trainer.envfile import load_mlflow_credentials
 
-                uri = self.cfg.tracking_uri or default_tracking_uri(self.run_dir)
+                load_mlflow_credentials()
                 self._client = MlflowClient(tracking_uri=uri)
                 exp = self._client.get_experiment_by_name(self.cfg.experiment_name)
                 location = None if self.cfg.tracking_uri else (self.run_dir / "mlartifacts").resolve().as_uri()
@@ -51,8 +61,10 @@ class TrialTracker:
 
     def _warn(self, exc: Exception) -> None:
         if not self._broken:
-            self.log(f"warning: MLflow logging of trials failed ({type(exc).__name__}: {str(exc)[:200]}); "
-                     "tuning continues without it")
+            from trainer.redact import mask_text
+
+            self.log(f"warning: MLflow logging of trials failed "
+                     f"({type(exc).__name__}: {mask_text(str(exc))[:200]}); tuning continues without it")
         self._broken = True
 
     def parent_run(self, name: str, key: str) -> str | None:

@@ -12,7 +12,6 @@ is a failed trial; nothing it did can reach the main run, which only ever reads 
 from __future__ import annotations
 
 import json
-import os
 import queue
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from agent.childenv import TRACKING_URI_ENV, child_env
 from agent.procs import describe_exit
 from agent.tuner.trial_child import EXIT_DONE, EXIT_PRUNED, EXIT_USER_ERROR, TrialSpec
 
@@ -51,8 +51,11 @@ def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
 
 
 def trial_env(threads: int | None, device: str | None) -> dict[str, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    """An allow-listed environment (``agent.childenv``): a trial logs nothing to MLflow
+    itself, so it gets no MLflow credentials either."""
+    env = child_env()
     env.pop("SMART_TUNER_FAULTS", None)  # faults belong to the main trainer
+    env.pop(TRACKING_URI_ENV, None)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     if device is not None:

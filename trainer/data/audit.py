@@ -21,10 +21,29 @@ import numpy as np
 import soundfile as sf
 
 from trainer.config import AudioConfig, DataConfig, TextConfig
-from trainer.data.filelist import Entry, FilelistError, read_filelist
+from trainer.data.filelist import Entry, FilelistError, parse_filelist
 
 ERROR = "error"
 WARNING = "warning"
+
+# A clip whose loudest sample stays below this level holds no usable speech (16-bit
+# dither and room noise sit far below; quiet real speech peaks around -30..-20 dBFS).
+SILENT_PEAK_DBFS = -50.0
+
+
+def silent_peak_dbfs(y: np.ndarray) -> float | None:
+    """The clip's peak in dBFS when it is silent or near-silent, else None."""
+    peak = float(np.abs(y).max()) if y.size else 0.0
+    if peak <= 0.0:
+        return float("-inf")
+    level = 20.0 * float(np.log10(peak))
+    return level if level < SILENT_PEAK_DBFS else None
+
+
+def describe_silence(level: float) -> str:
+    if level == float("-inf"):
+        return "every sample is zero"
+    return f"loudest sample at {level:.0f} dBFS (below {SILENT_PEAK_DBFS:g} dBFS)"
 
 
 @dataclass(frozen=True)
@@ -38,8 +57,8 @@ class ProblemKind:
 PROBLEM_KINDS: dict[str, ProblemKind] = {
     "malformed_filelist": ProblemKind(
         ERROR, "malformed filelist",
-        "fix the line shown: each line must be 'path/to/file.wav|text' in UTF-8; "
-        "nothing in that filelist was checked: fix it and run the check again",
+        "fix the lines shown: each line must be 'path/to/file.wav|text' in UTF-8; "
+        "nothing else in that filelist was checked: fix it and run the check again",
     ),
     "missing_file": ProblemKind(
         ERROR, "missing audio file",
@@ -66,6 +85,11 @@ PROBLEM_KINDS: dict[str, ProblemKind] = {
         ERROR, "not mono",
         "mix down with: sox in.wav -c 1 out.wav",
     ),
+    "silent": ProblemKind(
+        ERROR, "silent clip",
+        "remove the line or re-record the clip; if the speech is there but far too quiet, "
+        "normalise it with: sox in.wav out.wav gain -n -1",
+    ),
     "empty_text": ProblemKind(
         ERROR, "empty text",
         "write the transcript after the '|' or remove the line",
@@ -83,10 +107,6 @@ PROBLEM_KINDS: dict[str, ProblemKind] = {
         WARNING, "long leading/trailing silence",
         "trim with: sox in.wav out.wav silence 1 0.05 1% reverse silence 1 0.05 1% reverse "
         "(silence > {max_edge_silence_seconds:g} s hurts alignment)",
-    ),
-    "silent": ProblemKind(
-        WARNING, "silent clip",
-        "the clip has no sound above the threshold; remove the line or re-record",
     ),
     "duplicate": ProblemKind(
         WARNING, "audio file listed more than once",
@@ -117,6 +137,7 @@ class FilelistSummary:
     entries: int = 0
     seconds: float = 0.0  # audio that could be measured
     readable: bool = True  # False: malformed, its entries were not checked
+    malformed_lines: int = 0
 
 
 @dataclass
@@ -177,7 +198,9 @@ class AuditReport:
             if f.readable:
                 lines.append(f"{f.path}: {f.entries} entries, {f.seconds / 60:.1f} min of audio")
             else:
-                lines.append(f"{f.path}: not checked, the filelist cannot be read (see below)")
+                why = (f"{f.malformed_lines} malformed line{'s' if f.malformed_lines > 1 else ''}"
+                       if f.malformed_lines else "the filelist cannot be read")
+                lines.append(f"{f.path}: not checked, {why} (see below)")
         stats = self.clip_stats
         if stats is not None:
             lines.append(
@@ -293,10 +316,11 @@ def _check_audio(entry: Entry, data: DataConfig, audio: AudioConfig) -> tuple[li
     if not np.isfinite(peak) or peak > 1.0:
         # Only float WAVs can do this; the trainer's load_wav rejects them.
         return problems + [problem("out_of_range", f"{path}: float samples reach {peak:g}, outside [-1, 1]")], seconds
-    edges = edge_silence_seconds(y, sr, data.silence_top_db)
-    if edges is None:
-        problems.append(problem("silent", f"{path}: nothing above -{data.silence_top_db:g} dB"))
-    else:
+    level = silent_peak_dbfs(y)
+    edges = edge_silence_seconds(y, sr, data.silence_top_db) if level is None else None
+    if level is not None:
+        problems.append(problem("silent", f"{path}: {describe_silence(level)}"))
+    elif edges is not None:  # a clip loud enough always has frames above the threshold
         lead, trail = edges
         if max(lead, trail) > data.max_edge_silence_seconds:
             problems.append(problem(
@@ -346,11 +370,14 @@ def audit_dataset(
         summary = FilelistSummary(Path(path))
         report.filelists.append(summary)
         try:
-            entries = read_filelist(path)
+            entries, bad_lines = parse_filelist(path)
         except FilelistError as exc:
-            line = _line_from_message(str(exc), str(path))
-            report.problems.append(Problem("malformed_filelist", Path(path), line, str(exc)))
+            entries, bad_lines = [], [exc]
+        if bad_lines:
+            # Every malformed line is listed; the entries of that filelist are not checked.
+            report.problems.extend(Problem("malformed_filelist", Path(path), e.line, str(e)) for e in bad_lines)
             summary.readable = False
+            summary.malformed_lines = sum(e.line is not None for e in bad_lines)
             entries = []
         summary.entries = len(entries)
         lists.append((summary, entries))
@@ -391,11 +418,3 @@ def audit_dataset(
     report.problems.sort(key=lambda p: (order[p.kind], list_order.get(p.filelist, 99), p.line or 0))
     return report
 
-
-def _line_from_message(message: str, path: str) -> int | None:
-    prefix = f"{path}:"
-    if message.startswith(prefix):
-        head = message[len(prefix):].split(":", 1)[0]
-        if head.isdigit():
-            return int(head)
-    return None

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from trainer.audio import load_wav, mel_spectrogram
+from trainer.audio import AudioError, load_wav, mel_spectrogram
 from trainer.config import AudioConfig, DataConfig, TextConfig
+from trainer.data.audit import SILENT_PEAK_DBFS, describe_silence, silent_peak_dbfs
 from trainer.data.filelist import Entry, read_filelist
 from trainer.errors import UserError
 from trainer.fsutil import atomic_write
@@ -53,6 +54,11 @@ class MelCache:
         key = f"{entry.audio_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
         return self.dir / f"{entry.audio_path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.npy"
 
+    @staticmethod
+    def silent_marker(mel_path: Path) -> Path:
+        """Beside a silent clip's mel: the warning is repeated when the mel comes from the cache."""
+        return mel_path.with_suffix(".silent")
+
     def ensure(self, entry: Entry) -> tuple[Path, int]:
         """Cache path and frame count of a clip, computing its mel if needed."""
         path = self.path_for(entry)
@@ -62,22 +68,68 @@ class MelCache:
                 return path, int(np.load(path, mmap_mode="r").shape[1])
             except (ValueError, OSError, EOFError, IndexError):
                 pass  # a damaged cache entry is recomputed, never trusted
-        mel = self._compute(entry)
+        mel, silent = self._compute(entry)
+        marker = self.silent_marker(path)
+        if silent:
+            marker.write_text(silent + "\n", encoding="utf-8")  # before the mel: never a mel without it
+        else:
+            marker.unlink(missing_ok=True)
         _atomic_save_npy(path, mel)
         return path, mel.shape[1]
 
-    def _compute(self, entry: Entry) -> np.ndarray:
-        audio, rate = load_wav(entry.audio_path)
-        if rate != self.audio.sampling_rate:
+    def silence_of(self, mel_path: Path) -> str | None:
+        """Why the clip of a cached mel counts as silent, or None."""
+        try:
+            return self.silent_marker(mel_path).read_text(encoding="utf-8").strip() or "silent"
+        except OSError:
+            return None
+
+    def _check_header(self, entry: Entry) -> None:
+        """Every problem of the file's format at once, with the filelist line."""
+        import soundfile as sf
+
+        path, cfg = entry.audio_path, self.audio
+        try:
+            info = sf.info(str(path))
+        except Exception as exc:  # libsndfile's errors are RuntimeError / LibsndfileError
+            reason = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
             raise DatasetError(
-                f"{entry.where}: {entry.audio_path.name} is {rate} Hz but audio.sampling_rate is "
-                f"{self.audio.sampling_rate}; resample it (sox in.wav -r {self.audio.sampling_rate} out.wav) "
-                "or run 'smart-tuner data check'"
-            )
-        if len(audio) <= self.audio.filter_length // 2:
-            raise DatasetError(f"{entry.where}: {entry.audio_path.name} has only {len(audio)} samples, too short for "
-                               f"a {self.audio.filter_length}-point STFT; remove the line")
-        return mel_spectrogram(audio.astype(np.float32), self.audio).astype(np.float32)
+                f"{entry.where}: cannot read audio {path} ({reason}); re-encode it with: ffmpeg -i in.x -ac 1 "
+                f"-ar {cfg.sampling_rate} -c:a pcm_s16le out.wav (or run 'smart-tuner data check' to list every problem)"
+            ) from None
+        problems: list[str] = []
+        fixes: list[str] = []
+        if info.channels != 1:
+            problems.append(f"{info.channels} channels (the trainer needs mono)")
+            fixes.append("-c 1")
+        if info.samplerate != cfg.sampling_rate:
+            problems.append(f"{info.samplerate} Hz (audio.sampling_rate is {cfg.sampling_rate})")
+            fixes.append(f"-r {cfg.sampling_rate}")
+        if info.frames <= 0:
+            problems.append("no samples")
+        elif info.frames <= cfg.filter_length // 2:
+            problems.append(f"{info.frames} samples, too short for a {cfg.filter_length}-point STFT")
+        if not problems:
+            return
+        if fixes:
+            fix = f"convert it with: sox in.wav {' '.join(fixes)} out.wav"
+            if len(problems) > len(fixes):
+                fix += ", or remove the line"
+        else:
+            fix = "remove the line or re-record the clip"
+        raise DatasetError(f"{entry.where}: {path}: {'; '.join(problems)}; {fix} "
+                           "(or run 'smart-tuner data check' to list every problem)")
+
+    def _compute(self, entry: Entry) -> tuple[np.ndarray, str | None]:
+        """The clip's mel, and why it is silent (None when it is not)."""
+        self._check_header(entry)
+        try:
+            audio, _ = load_wav(entry.audio_path)  # the rate was checked in the header
+        except AudioError as exc:
+            raise DatasetError(f"{entry.where}: {exc}") from None
+        level = silent_peak_dbfs(audio)
+        mel = mel_spectrogram(audio.astype(np.float32), self.audio).astype(np.float32)
+        return mel, (describe_silence(level) if level is not None else None)
 
 
 @dataclass(frozen=True)
@@ -104,6 +156,7 @@ class TextMelDataset(Dataset):
             if made and progress:
                 print(f"  phonemized {made} transcripts with espeak-ng", flush=True)
         max_frames = int(data.max_audio_seconds * audio.sampling_rate / audio.hop_length) + 1
+        silent: list[str] = []
         for i, entry in enumerate(entries):
             if not entry.audio_path.is_file():
                 raise DatasetError(f"{entry.where}: audio file {entry.audio_path} not found; "
@@ -115,6 +168,8 @@ class TextMelDataset(Dataset):
             except TextError as exc:
                 raise DatasetError(f"{entry.where}: {exc}") from None
             mel_path, n_frames = self.cache.ensure(entry)
+            if self.cache.silence_of(mel_path) is not None:
+                silent.append(entry.where)  # still trained on: one bad clip of thousands is no reason to stop
             if n_frames > max_frames:
                 too_long.append(entry.where)
                 continue
@@ -126,6 +181,10 @@ class TextMelDataset(Dataset):
             print(f"warning: left out {len(too_long)} clip(s) longer than data.max_audio_seconds="
                   f"{data.max_audio_seconds}: {', '.join(too_long[:5])}{' ...' if len(too_long) > 5 else ''}",
                   flush=True)
+        if silent:
+            print(f"warning: {len(silent)} silent clip(s) (loudest sample below {SILENT_PEAK_DBFS:g} dBFS) teach "
+                  f"the model nothing: {', '.join(silent[:5])}{' ...' if len(silent) > 5 else ''}; remove those lines "
+                  "or re-record them ('smart-tuner data check' lists them all)", flush=True)
         if not self.items:
             raise DatasetError(f"{filelist}: no usable utterances")
 
