@@ -6,7 +6,9 @@ newest good checkpoint of the run if there is one, from scratch otherwise.
 
 SIGTERM or SIGINT: finish the current step, write a final checkpoint, exit 0.
 Exit codes: 0 finished or stopped; 2 a user error (one line ``error: ...`` on stderr;
-restarting will not help); 1 a crash (traceback on stderr, which the daemon sends to
+restarting will not help: a full disk or a run folder it cannot write is one, and is
+also reported in ``child_status`` as status ``failed``, reason ``disk_full`` or
+``unwritable``, with the message); 1 a crash (traceback on stderr, which the daemon sends to
 the trainer log). Why it stopped (``max_steps``, ``max_minutes``, ``command``, or the
 signal's name) goes to the journal (state ``child_status``) before it exits: the
 daemon counts only the first three as the end of the run.
@@ -21,14 +23,17 @@ and of the daemon until someone resumes it.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
+import sqlite3
 import sys
 import time
 from typing import Any
 
 from trainer.callbacks import BaseCallback
 from trainer.errors import UserError
+from trainer.fsutil import StorageError, storage_error
 
 EXIT_OK, EXIT_CRASH, EXIT_USER_ERROR = 0, 1, 2
 # Journal state key: {"pid", "status": "stopping", "reason", "step", "at"} once the loop has
@@ -58,8 +63,68 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _train(args.config, state)
     except UserError as exc:
+        if isinstance(exc, StorageError):
+            report_failure(state, exc)
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
+    except (OSError, sqlite3.OperationalError) as exc:
+        err = _unhealable(exc, state)
+        if err is None:
+            raise
+        report_failure(state, err)
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+
+
+def _unhealable(exc: BaseException, state: dict[str, Any]) -> StorageError | None:
+    """A StorageError for a failure that no restart heals (disk full, a folder that cannot be
+    written), else None. SQLite says "database or disk is full" for the run journal."""
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.EACCES, errno.EPERM) and not isinstance(exc, StorageError):
+            # Permission denied is unhealable where the trainer writes (the run folder), not
+            # in general (a dataset file, say, is the data's problem).
+            run_dir, name = state.get("run_dir"), exc.filename
+            if run_dir is None or not isinstance(name, str) or not _inside(name, run_dir):
+                return None
+        return storage_error(exc)
+    if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc) and state.get("run_dir"):
+        from agent.paths import journal_path
+
+        return storage_error(OSError(errno.ENOSPC, str(exc)), journal_path(state["run_dir"]))
+    return None
+
+
+def _inside(path: str, folder: Any) -> bool:
+    from pathlib import Path
+
+    try:
+        Path(path).resolve().relative_to(Path(folder).resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def report_failure(state: dict[str, Any], err: StorageError) -> None:
+    """Tell the daemon (journal state ``child_status``: status ``failed``, reason ``disk_full``
+    or ``unwritable``, the one-line message) that this failure cannot heal by a restart.
+    Best effort: a journal that cannot be written either leaves the ``error:`` line."""
+    run_dir = state.get("run_dir")
+    if run_dir is None:
+        return
+    try:
+        from agent.journal import Journal
+        from agent.paths import journal_path
+
+        path = journal_path(run_dir)
+        if not path.exists():
+            return
+        trainer = state.get("trainer")
+        with Journal(path) as journal:
+            journal.set_state(STATUS_KEY, {"pid": os.getpid(), "status": "failed", "reason": err.reason,
+                                           "message": str(err), "step": getattr(trainer, "step", None),
+                                           "at": time.time()})
+    except Exception:  # noqa: BLE001 - the error line on stderr still says it
+        pass
 
 
 def _train(config_path: str, state: dict[str, Any]) -> int:
@@ -70,6 +135,7 @@ def _train(config_path: str, state: dict[str, Any]) -> int:
     from trainer.runlock import hold_train_lock
 
     config = load_config(config_path)
+    state["run_dir"] = config.run_dir
     # One trainer per run: a `smart-tuner train` on this folder is refused while this
     # child lives (and this child is refused while one trains it). Held until exit.
     state["lock"] = hold_train_lock(config.run_dir, supervised=True)

@@ -49,6 +49,7 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--new-journal", action="store_true",
                      help="the run folder holds checkpoints but its journal is missing or empty: start a new "
                           "journal (the supervisor's history starts over; training resumes from the checkpoints)")
+    _add_log_format_option(run)
     run.set_defaults(func=_cmd_run)
 
     st = sub.add_parser("status", help="phase, step, losses, alignment, ETA and pending proposals of a run")
@@ -82,6 +83,12 @@ def _add_agent_commands(sub: argparse._SubParsersAction) -> None:
     hi.set_defaults(func=_cmd_history)
 
 
+def _add_log_format_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-format", choices=("auto", "human", "json"), default="auto",
+                   help="the daemon's console: human (short lines, a progress bar), json (one JSON object per "
+                        "line, for journald and log collectors) or auto (default: human on a terminal, else json)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smart-tuner",
@@ -97,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_train.add_commands(sub)
     # The product's demo is supervised: same data and config, run under the daemon.
     sub.choices["demo"].set_defaults(func=_cmd_demo_supervised)
+    _add_log_format_option(sub.choices["demo"])
     sub.choices["demo"].description = "Build an espeak-ng dataset and train tiny-cpu on it under the supervisor."
     return parser
 
@@ -117,34 +125,80 @@ def main(argv: list[str] | None = None) -> int:
 # -- run ---------------------------------------------------------------------------------------
 
 
-def _daemon_logger(config: Any) -> Any:
-    """Configure structured logging for the daemon (run id: the run folder's name); its logger."""
+def _human_console(log_format: str) -> bool:
+    """``--log-format``: human lines on a terminal (auto), JSON lines elsewhere (journald, pipes)."""
+    if log_format == "auto":
+        try:
+            return sys.stdout.isatty()
+        except (AttributeError, ValueError):
+            return False
+    return log_format == "human"
+
+
+def _telegram_chats_configured(config: Any) -> bool:
+    try:
+        from agent.config import SupervisorConfig
+
+        return bool(SupervisorConfig.model_validate(config.supervisor).telegram.allowed_chat_ids)
+    except Exception:  # noqa: BLE001 - an invalid section: the daemon says so
+        return False
+
+
+def _daemon_logger(config: Any, log_format: str = "auto") -> tuple[Any, Any]:
+    """Configure logging for the daemon (run id: the run folder's name): its logger, and
+    the human console (``agent.console.HumanConsole``, started) or None for JSON lines."""
     run_id = Path(config.run_dir).resolve().name or str(config.run_dir)
     try:
         from agent.logs import configure_logging, get_logger
     except ImportError:  # logging not wired up yet: structlog's defaults, run id bound
         import structlog
 
-        return structlog.get_logger("smart_tuner").bind(run_id=run_id)
-    configure_logging(run_id)
-    return get_logger()
+        return structlog.get_logger("smart_tuner").bind(run_id=run_id), None
+    if not _human_console(log_format):
+        if log_format == "json":
+            configure_logging(run_id, json=True)
+        else:
+            configure_logging(run_id)
+        return get_logger(), None
+    import os
+
+    from agent.console import HumanConsole
+    from agent.logs import set_console_notifications
+    from agent.paths import journal_path
+
+    # MLflow's and alembic's INFO lines ("Creating initial MLflow database tables...") are
+    # not for this console; the trainer child inherits it (MLFLOW_* pass its allow-list).
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    console = HumanConsole(sys.stdout, journal=journal_path(config.run_dir), max_steps=config.train.max_steps)
+    # Until the daemon knows (agent.notify), guess whether notifications reach this console.
+    set_console_notifications(not _telegram_chats_configured(config))
+    configure_logging(run_id, console=console)
+    return get_logger(), console.start()
+
+
+def _supervise(config: Any, log_format: str, **extra: Any) -> int:
+    from agent.daemon import run_daemon
+
+    log, console = _daemon_logger(config, log_format)
+    if console is None:
+        return int(run_daemon(config, log=log, **extra) or 0)
+    try:
+        return int(run_daemon(config, log=log, echo_stream=console.stream, **extra) or 0)
+    finally:
+        console.close()
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from trainer.config import load_config
 
     config = load_config(args.config, cli_train._parse_overrides(args.set))
-    from agent.daemon import run_daemon
-
     extra = {"new_journal": True} if args.new_journal else {}
-    return int(run_daemon(config, log=_daemon_logger(config), **extra) or 0)
+    return _supervise(config, args.log_format, **extra)
 
 
 def _cmd_demo_supervised(args: argparse.Namespace) -> int:
     config = cli_train.demo_config(args)
-    from agent.daemon import run_daemon
-
-    code = int(run_daemon(config, log=_daemon_logger(config)) or 0)
+    code = _supervise(config, getattr(args, "log_format", "auto"))
     if code == 0:
         cli_train.demo_sample(config)
         print(f"supervisor: smart-tuner status --run-dir {config.run_dir}  |  smart-tuner history --run-dir "
@@ -216,6 +270,15 @@ class _Run:
                 pass
         return self.config.train.max_steps if self.config is not None else None
 
+    def max_minutes(self) -> float | None:
+        """The run's time budget: from the daemon's resolved config, else the user's --config."""
+        from agent.views import run_config_train
+
+        train = run_config_train(self.run_dir)
+        if train is not None:
+            return train.get("max_minutes")
+        return self.config.train.max_minutes if self.config is not None else None
+
 
 def _user() -> str:
     """Who runs the command, as the audit names them: the real uid's name in the password
@@ -237,7 +300,7 @@ def _user() -> str:
 
 def status_data(journal: "Journal", run: _Run, now: float | None = None) -> dict[str, Any]:
     """Everything ``smart-tuner status`` shows, as plain data (what ``--json`` prints)."""
-    return _status_data(journal, run.run_dir, run.max_steps(), now)
+    return _status_data(journal, run.run_dir, run.max_steps(), now, max_minutes=run.max_minutes())
 
 
 def _print_json(data: Any) -> None:

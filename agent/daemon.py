@@ -24,8 +24,13 @@
    telemetry for ``process.hang_seconds`` while not paused; the watchdog SIGKILLs it):
    restart with exponential backoff, and give up (exit 1) after
    ``process.max_restarts`` consecutive failures without progress. Exit 2 from the
-   child (a user error: the config, the data) is not retried. A paused run stays
-   paused across restarts: the new child reads the pause from the journal.
+   child (a user error: the config, the data) is not retried, and neither is a failure
+   no restart heals, which the child reports as ``child_status`` status ``failed``,
+   reason ``disk_full`` or ``unwritable`` (exit 2, the child's one-line message in the
+   ``gave_up`` event). A run folder this user cannot write, or a trainer command that
+   cannot be started, is a UserError (one line, exit 2), recorded as ``gave_up`` where
+   the journal can be written. A paused run stays paused across restarts: the new
+   child reads the pause from the journal.
 
 SIGTERM/SIGINT to the daemon: SIGTERM to the child (it finishes the step and writes a
 final checkpoint), SIGKILL after ``process.stop_grace_seconds``, exit 0. A second
@@ -45,10 +50,12 @@ call of the supervisor's ``note_child_event`` (which records it as an audit row,
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import fcntl
 import functools
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -71,7 +78,7 @@ from agent.procs import describe_exit, proc_alive
 from trainer import runlock
 from trainer.config import RunConfig
 from trainer.errors import UserError
-from trainer.fsutil import atomic_write
+from trainer.fsutil import UNHEALABLE_REASONS, StorageError, atomic_write, check_writable, storage_error
 from trainer.redact import mask_urls
 
 EXIT_OK = 0
@@ -90,9 +97,23 @@ WAL_CHECKPOINT_SECONDS = 60.0
 ORPHAN_KILL_WAIT_SECONDS = 10.0
 
 
+class LaunchError(UserError):
+    """The trainer's command cannot be started (not found, not executable): a restart cannot fix it."""
+
+
 def child_pid_path(run_dir: str | Path) -> Path:
     """The running trainer child's pid (JSON), for finding an orphan after ``kill -9`` of the daemon."""
     return Path(run_dir) / "trainer.pid"
+
+
+def launch_error_message(command: Sequence[str], exc: OSError) -> str:
+    """One line for a trainer command that cannot be started."""
+    program = command[0] if command else "(empty command)"
+    why = exc.strerror or str(exc)
+    hint = {errno.ENOENT: "it does not exist: reinstall, or recreate the virtual environment",
+            errno.EACCES: f"it is not executable by this user: chmod +x {program}, or fix the virtual environment",
+            errno.ENOEXEC: "it is not a program this system can run"}.get(exc.errno or 0, "check the installation")
+    return f"cannot start the trainer: {program}: {why} ({hint}); command: {shlex.join(command)}"
 
 
 def newest_checkpoint_step(run_dir: str | Path) -> int | None:
@@ -395,12 +416,21 @@ class Daemon:
             self._start_notifications()  # after "ready": the bot's imports take seconds, in its own thread
             self._start_data_audit()
             return self._loop()
+        except (StorageError, LaunchError) as exc:  # cannot heal by itself: say so once, do not retry
+            self._record_unhealable(exc)
+            raise
         finally:
             self._teardown()
             self._restore_signal_handlers()
 
     def _setup(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise (storage_error(exc, self.run_dir) or exc) from None
+        # A run folder this user cannot write (chmod 0555, another owner, a read-only mount)
+        # or a full disk: one line naming the folder now, not tracebacks from both processes.
+        check_writable(self.run_dir)
         self._take_lock()
         with atomic_write(self.config_path, "w", encoding="utf-8") as fh:
             # URL passwords masked; the child gets the real tracking URI in its environment.
@@ -442,7 +472,10 @@ class Daemon:
 
     def _take_lock(self) -> None:
         path = daemon_lock_path(self.run_dir)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise (storage_error(exc, path) or exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -473,7 +506,7 @@ class Daemon:
                 self._catch_up(run)
             if self._follower is not None:
                 self._follower.pump()
-            child_pid_path(self.run_dir).unlink(missing_ok=True)
+            self._remove_pid_file()
             exit_text = cause = describe_exit(code)
             if code == 0:
                 reason = self._stop_reason(run)
@@ -489,6 +522,11 @@ class Daemon:
                 self._event("crashed", f"{exit_text} at step {run.max_step}; last lines of "
                             f"{self.log_path.name}:\n" + "\n".join(tail), exit=code, step=run.max_step,
                             log_tail=tail)
+            failure = self._unhealable_failure(run) if code != 0 else None
+            if failure is not None:
+                self._event("gave_up", f"the trainer cannot write its files ({failure[0]}); a restart cannot "
+                            f"fix this: {failure[1]}")
+                return EXIT_USER_ERROR
             if code == EXIT_USER_ERROR and not run.hung:
                 last = next((line for line in reversed(tail) if line.strip()), "")
                 self._event("gave_up", f"the trainer reported an error a restart cannot fix: {last}")
@@ -505,6 +543,41 @@ class Daemon:
                 return EXIT_OK
             why = "hang" if run.hung else cause
             self._launch(restart_detail=f"after {why}; {stalled} failure(s) without progress, backoff {delay:g} s")
+
+    def _unhealable_failure(self, run: _ChildRun) -> tuple[str, str] | None:
+        """(reason, one-line message) when this child reported (journal state child_status,
+        status ``failed``) a failure no restart heals: ``disk_full``, ``unwritable``."""
+        assert self.journal is not None
+        try:
+            status = self.journal.get_state(CHILD_STATUS_KEY)
+        except Exception:  # noqa: BLE001 - an unreadable status: judge by the exit code
+            return None
+        if (isinstance(status, dict) and status.get("pid") == run.proc.pid and status.get("status") == "failed"
+                and status.get("reason") in UNHEALABLE_REASONS):
+            return str(status["reason"]), str(status.get("message") or "")
+        return None
+
+    def _record_unhealable(self, exc: UserError) -> None:
+        """Record a failure that stops the daemon for good (gave_up) in the journal, if it can
+        be written (and so in status and the notifications)."""
+        if self.journal is not None:
+            self._event("gave_up", str(exc))
+            return
+        path = journal_path(self.run_dir)
+        if path.exists():
+            try:
+                with Journal(path) as journal:
+                    journal.audit("daemon", "gave_up", str(exc))
+            except Exception:  # noqa: BLE001 - e.g. the same read-only folder: the error line says it
+                pass
+        self.log.error("trainer gave_up", detail=str(exc))
+
+    def _remove_pid_file(self) -> None:
+        try:
+            child_pid_path(self.run_dir).unlink(missing_ok=True)
+        except OSError as exc:  # a folder made read-only under the run: the next daemon checks the pid
+            self.log.warning("cannot remove the trainer pid file", path=str(child_pid_path(self.run_dir)),
+                             error=str(exc))
 
     def _stop_reason(self, run: _ChildRun) -> str | None:
         """Why this child's loop ended, as it told the journal (None: it did not say; a
@@ -542,7 +615,7 @@ class Daemon:
             code = run.proc.returncode
             with self._run_lock:
                 self._catch_up(run)
-            child_pid_path(self.run_dir).unlink(missing_ok=True)
+            self._remove_pid_file()
         self._event("stopped", f"daemon stopped by {self._stop_signal}; trainer "
                     f"{describe_exit(code) if code is not None else 'not running'} at step "
                     f"{run.max_step if run else None}", exit=code)
@@ -565,7 +638,7 @@ class Daemon:
             if self._wait_for(run.proc, self.proc_cfg.stop_grace_seconds) is None:
                 run.proc.kill()
                 run.proc.wait()
-            child_pid_path(self.run_dir).unlink(missing_ok=True)
+            self._remove_pid_file()
         if self._scheduler is not None:
             try:
                 self._scheduler.shutdown(wait=True)
@@ -623,12 +696,23 @@ class Daemon:
         offset = _file_size(self.log_path)
         kind = "restarted" if restart_detail is not None else "started"
         env = trainer_env(self.config)  # an allow-list: no bot token, no other secrets
-        with open(self.log_path, "ab") as logf:
+        command = self._command()
+        try:
+            logf = open(self.log_path, "ab")
+        except OSError as exc:
+            raise (storage_error(exc, self.log_path) or exc) from None
+        with logf:
             stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-            logf.write(f"--- {stamp} daemon {os.getpid()}: trainer {kind} ---\n".encode())
-            logf.flush()
-            proc = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True, close_fds=True)
+            try:
+                logf.write(f"--- {stamp} daemon {os.getpid()}: trainer {kind} ---\n".encode())
+                logf.flush()
+            except OSError as exc:
+                raise (storage_error(exc, self.log_path) or exc) from None
+            try:
+                proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                        env=env, start_new_session=True, close_fds=True)
+            except OSError as exc:
+                raise LaunchError(launch_error_message(command, exc)) from None
         now = time.monotonic()
         with self._run_lock:
             self._run = _ChildRun(proc=proc, started=now, start_step=start_step, log_offset=offset, cursor=cursor,

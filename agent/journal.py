@@ -1293,6 +1293,14 @@ class Journal:
                                      (-1 if limit is None else limit,)).fetchall()
         return [AuditEntry(r["id"], r["wall_time"], r["actor"], r["action"], r["detail"]) for r in reversed(rows)]
 
+    def latest_audit(self, actor: str, actions: Sequence[str], limit: int = 1) -> list[AuditEntry]:
+        """The newest ``limit`` audit entries of ``actor`` whose action is one of ``actions``, newest first."""
+        marks = ", ".join("?" * len(actions))
+        with self._lock:
+            rows = self._con.execute(f"SELECT * FROM audit WHERE actor = ? AND action IN ({marks}) "
+                                     "ORDER BY id DESC LIMIT ?", (actor, *actions, limit)).fetchall()
+        return [AuditEntry(r["id"], r["wall_time"], r["actor"], r["action"], r["detail"]) for r in rows]
+
     # -- status -----------------------------------------------------------------------------
     def status_summary(self, rate_window: int = 50) -> StatusSummary:
         """What ``smart-tuner status`` shows, read from one consistent snapshot."""

@@ -4,9 +4,12 @@
 
     log.info("proposal applied", proposal=12, kind="set_lr", step=4200)
 
-On a terminal the events read as aligned text; otherwise (systemd, a pipe, a file)
-each event is one JSON object per line, with ``timestamp`` (UTC, ISO 8601), ``level``,
-``event`` and ``run_id``, ready for ``journalctl -o cat | jq``.
+Off a terminal (systemd, a pipe, a file) each event is one JSON object per line, with
+``timestamp`` (UTC, ISO 8601), ``level``, ``event`` and ``run_id``, ready for
+``journalctl -o cat | jq``. For the daemon on a terminal, ``configure_logging(run_id,
+console=HumanConsole(...))`` renders them as short human lines instead
+(``[supervisor] ...``: :func:`render_human`, ``agent/console.py``); without a console,
+``json=False`` gives structlog's aligned key=value text.
 
 The run id is bound through ``structlog.contextvars`` and, because threads started by
 APScheduler begin with an empty context, also added by a processor to every event
@@ -24,7 +27,7 @@ import structlog
 
 from trainer.redact import mask_text
 
-_state: dict[str, Any] = {"run_id": None, "redact": None}
+_state: dict[str, Any] = {"run_id": None, "redact": None, "console_notifications": True}
 _HANDLER_NAME = "smart-tuner"
 
 
@@ -50,12 +53,16 @@ def _redact(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
 
 
 def configure_logging(run_id: str, json: bool | None = None, *, stream: IO[str] | None = None,
-                      level: int | str = logging.INFO) -> None:
+                      level: int | str = logging.INFO, console: Any = None) -> None:
     """Configure structlog (and the stdlib root logger) for this process.
 
     ``json=None`` chooses JSON lines unless ``stream`` (default stdout) is a terminal.
-    Safe to call again (e.g. in tests); the newest call wins.
+    ``console`` (an ``agent.console.HumanConsole``): human lines through it (``json``
+    and ``stream`` are then ignored). Safe to call again (e.g. in tests); the newest
+    call wins.
     """
+    if console is not None:
+        stream, json = console.stream, False
     stream = stream if stream is not None else sys.stdout
     if json is None:
         json = not (hasattr(stream, "isatty") and stream.isatty())
@@ -73,6 +80,9 @@ def configure_logging(run_id: str, json: bool | None = None, *, stream: IO[str] 
         renderer: Any = structlog.processors.JSONRenderer()
         tail: list[Any] = [structlog.processors.StackInfoRenderer(), structlog.processors.format_exc_info,
                            structlog.processors.UnicodeDecoder()]
+    elif console is not None:
+        renderer = render_human
+        tail = [structlog.processors.StackInfoRenderer(), structlog.processors.format_exc_info]
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=hasattr(stream, "isatty") and stream.isatty())
         tail = [structlog.processors.StackInfoRenderer()]
@@ -107,3 +117,77 @@ def configure_logging(run_id: str, json: bool | None = None, *, stream: IO[str] 
 def get_logger(**initial: Any) -> Any:
     """A structlog logger (``.info(event, **fields)``, ``.warning``, ``.error``, ``.exception``)."""
     return structlog.get_logger(**initial)
+
+
+# -- the human console (agent/console.py) ---------------------------------------------------------
+
+# Events that a notification repeats word for word (the supervisor's and the daemon's
+# ``_notify`` / ``note_child_event``): printed only when no notification reaches this
+# console (Telegram takes them), so that each is read once.
+MIRRORED_EVENTS = frozenset({
+    "trainer started", "trainer restarted", "trainer crashed", "trainer hung", "trainer finished",
+    "trainer gave_up", "trainer stopped", "phase", "proposal", "expired", "tuning round abandoned",
+})
+_HIDDEN_FIELDS = frozenset({"event", "timestamp", "level", "run_id", "logger", "exception", "stack", "log_tail"})
+NOTIFICATION_MAX_LINES = 9
+
+
+def set_console_notifications(on: bool) -> None:
+    """Whether the console channel prints the notifications (``agent.notify``); if so,
+    the events they repeat are left out of the human console."""
+    _state["console_notifications"] = bool(on)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v)) or "none"
+    return str(v)
+
+
+def _human_text(event: dict[str, Any]) -> str | None:
+    name = str(event.get("event", ""))
+    if name == "notification":
+        lines = str(event.get("text", "")).split("\n")
+        if len(lines) > NOTIFICATION_MAX_LINES:  # a crash quotes the trainer log, already on screen
+            lines = [lines[0], f"... ({len(lines) - 7} lines left out)", *lines[-6:]]
+        return "\n    ".join(lines)
+    if name in MIRRORED_EVENTS and _state["console_notifications"] and "logger" not in event:
+        return None
+    if name == "daemon ready":
+        return (f"ready in {_value(event.get('seconds'))} s: phase {event.get('phase')}, "
+                f"trainer pid {event.get('child_pid')}")
+    if name == "data audit":
+        hints = event.get("hints") or []
+        return f"data audit: {'; '.join(map(str, hints))}" if hints else None
+    if name.startswith("trainer ") and "detail" in event:
+        return f"{name}: {event['detail']}"
+    if name == "phase":
+        return f"step {event.get('step')}: phase {event.get('source')} -> {event.get('dest')} ({event.get('reason')})"
+    if name == "proposal":
+        return (f"#{event.get('id')} {event.get('policy')}: {event.get('reason')} "
+                f"({event.get('kind')}, {event.get('mode')})")
+    fields = [f"{k} {_value(v)}" for k, v in event.items() if k not in _HIDDEN_FIELDS and v is not None]
+    return name + (f" ({', '.join(fields)})" if fields else "")
+
+
+def render_human(logger: Any, method: str, event: dict[str, Any]) -> str:
+    """One event as a short line, ``[supervisor] ...`` (a library's record: ``[its logger]``);
+    warnings and errors say so; a traceback follows, indented. Drops the events that a
+    notification repeats (see :data:`MIRRORED_EVENTS`) and the empty data audit."""
+    text = _human_text(event)
+    if text is None:
+        if "logger" in event:  # a stdlib record (logging's formatter cannot drop one)
+            text = str(event.get("event", ""))
+        else:
+            raise structlog.DropEvent
+    level = str(event.get("level", "info")).lower()
+    if level in ("warning", "error", "critical", "exception") and event.get("event") != "notification":
+        text = f"{'warning' if level == 'warning' else 'error'}: {text}"
+    source = event.get("logger") or "supervisor"
+    line = f"[{source}] {text}"
+    for extra in ("stack", "exception"):
+        if event.get(extra):
+            line += "\n" + "\n".join("    " + x for x in str(event[extra]).rstrip().split("\n"))
+    return line

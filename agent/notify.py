@@ -259,6 +259,9 @@ def start_notifications(cfg: "TelegramConfig", *, journal: "Journal", scheduler:
         log.error("TELEGRAM_BOT_TOKEN is not a bot token (BotFather's look like 123456789:AA...); Telegram is off")
         secret = None
     chats = list(cfg.allowed_chat_ids) if secret else []
+    from agent.logs import set_console_notifications
+
+    set_console_notifications(not chats)  # the human console then leaves out the events they repeat
     if not chats:
         started.console = ConsoleNotifier(journal, log)
         scheduler.add_job(_quiet(started.console.drain, log), "interval", seconds=drain_seconds, id="notify-console",

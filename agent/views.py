@@ -6,9 +6,9 @@ compare-and-set, ``pause`` and ``/pause`` queue the same command. The logic live
 once; each front end only adds its own hints (``smart-tuner approve ID`` vs
 ``/approve ID``) and its own way of printing.
 
-Import cost: the standard library only at import time (the CLI must start instantly);
-the journal's types are imported for type checking, ``trainer.control`` inside the
-functions that queue commands.
+Import cost: the standard library and ``trainer.runlock`` (fcntl, about 2 ms) at import
+time (the CLI must start instantly); the journal's types are imported for type checking,
+``trainer.control`` inside the functions that queue commands.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from trainer.runlock import daemon_lock_path, lock_holder, train_lock_path
 
 if TYPE_CHECKING:
     from agent.journal import CommandRow, Journal, Proposal
@@ -97,35 +99,127 @@ def _intervention(p: "Proposal") -> dict[str, Any]:
             "outcome": p.outcome}
 
 
+# The daemon's records of the trainer's life (audit rows, actor "daemon"; agent/daemon.py).
+DAEMON_EVENTS = ("started", "restarted", "crashed", "hung", "finished", "gave_up", "stopped")
+DAEMON_END_EVENTS = ("finished", "gave_up", "stopped")
+FROM_RUN_CONFIG = "run-config"  # status_data(max_minutes=...): read it from RUN/run-config.yaml
+
+
+def run_config_train(run_dir: str | Path) -> dict[str, Any] | None:
+    """The ``train`` section of the config the daemon wrote (RUN/run-config.yaml); None without one."""
+    path = Path(run_dir) / "run-config.yaml"  # agent.paths.child_config_path
+    try:
+        import yaml
+
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        train = raw.get("train") or {}
+        return train if isinstance(train, dict) else {}
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - a half-written or foreign file: no budget rather than no status
+        return {}
+
+
+def _first_line(text: str) -> str:
+    return text.split("\n", 1)[0].split("; last lines of ", 1)[0].strip()
+
+
+def daemon_data(journal: "Journal", run_dir: str | Path) -> dict[str, Any]:
+    """Whether a daemon supervises the run now (a live process holds RUN/daemon.lock), and if
+    not, how its last one ended, as the journal recorded it (the daemon's audit rows)."""
+    lock = daemon_lock_path(run_dir)
+    holder = lock_holder(lock)  # read-only: never creates the file
+    trainer = lock_holder(train_lock_path(run_dir))
+    events = journal.latest_audit("daemon", DAEMON_EVENTS, limit=2)
+    last = events[0] if events else None
+    d: dict[str, Any] = {"running": holder is not None, "pid": None, "since": None,
+                         "trainer_pid": int(trainer) if trainer and trainer.isdigit() else None,
+                         "state": "running", "stopped_at": None, "last_seen": None, "why": None,
+                         "last_event": ({"action": last.action, "wall_time": last.wall_time,
+                                         "detail": _first_line(last.detail)} if last else None)}
+    if holder is not None:
+        d["pid"] = int(holder) if holder.isdigit() else None
+        try:
+            d["since"] = lock.stat().st_mtime  # the daemon writes its pid there when it starts
+        except OSError:
+            pass
+        return d
+    if last is None:
+        d.update(state="never", why="no daemon has run here: the journal records none")
+    elif last.action in DAEMON_END_EVENTS:
+        detail = _first_line(last.detail)
+        d.update(state=last.action, stopped_at=last.wall_time)
+        if last.action == "finished":
+            reason = detail[detail.rfind("(") + 1:-1] if detail.endswith(")") and "(" in detail else ""
+            d["why"] = {"max_steps": "finished at max_steps", "max_minutes": "finished at max_minutes",
+                        "command": "finished: stopped by a stop command"}.get(reason, "finished")
+        elif last.action == "gave_up":
+            cause = next((e for e in events[1:] if e.action in ("crashed", "hung")), None)
+            d["why"] = f"gave up: {detail}" + (f"; last failure: {_first_line(cause.detail)}" if cause else "")
+        else:
+            d["why"] = detail or "stopped"
+    else:  # started, restarted, crashed or hung, and then nothing: kill -9, OOM killer, a crash of its own
+        latest = journal.latest_steps(1)
+        d.update(state="killed", why="killed: no clean stop recorded",
+                 last_seen=max([last.wall_time] + [s.wall_time for s in latest]))
+    return d
+
+
 def status_data(journal: "Journal", run_dir: str | Path, max_steps: int | None,
-                now: float | None = None) -> dict[str, Any]:
-    """Everything ``status`` shows, as plain data (what ``status --json`` prints)."""
+                now: float | None = None, max_minutes: float | None | str = FROM_RUN_CONFIG) -> dict[str, Any]:
+    """Everything ``status`` shows, as plain data (what ``status --json`` prints).
+
+    ``max_minutes``: the run's time budget (default: from RUN/run-config.yaml). The ETA
+    is the sooner of max_steps at the recent speed and max_minutes since the trainer
+    started (the newest start the daemon recorded; each trainer counts from its start),
+    and there is none unless something trains: a live daemon, or a trainer holding the
+    run's train lock.
+    """
     now = time.time() if now is None else now
+    if max_minutes == FROM_RUN_CONFIG:
+        max_minutes = (run_config_train(run_dir) or {}).get("max_minutes")
+    try:
+        max_minutes = float(max_minutes) if max_minutes else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        max_minutes = None
     s = journal.status_summary()
     step = s.latest_step
     ev = s.latest_eval
-    eta = None
+    daemon = daemon_data(journal, run_dir)
+    live = daemon["running"] or daemon["trainer_pid"] is not None
+    etas: dict[str, float] = {}
     if step is not None and max_steps is not None and s.steps_per_second:
-        eta = max(0, max_steps - step.step) / s.steps_per_second
+        etas["max_steps"] = max(0, max_steps - step.step) / s.steps_per_second
+    started = journal.latest_audit("daemon", ("started", "restarted"), limit=1)
+    trainer_started = started[0].wall_time if started else None
+    if max_minutes and trainer_started is not None:
+        etas["max_minutes"] = max(0.0, max_minutes * 60 - (now - trainer_started))
+    eta_by = min(etas, key=etas.__getitem__) if etas and live else None
+    eta = etas[eta_by] if eta_by else None
     ck = s.latest_checkpoint
     open_commands = journal.unacknowledged_commands()
     # Interventions: proposals someone (or "auto") approved, newest first.
     recent = journal.proposals(("approved", "applied", "failed"), RECENT_INTERVENTIONS)
     return {
         "run_dir": str(run_dir),
+        "daemon": daemon,
         "phase": s.phase,
         "phase_since": s.phase_since,
         "paused": journal.is_paused(),
         "step": step.step if step else None,
         "epoch": step.epoch if step else None,
         "max_steps": max_steps,
+        "max_minutes": max_minutes,
+        "trainer_started_at": trainer_started,
         "last_telemetry_at": step.wall_time if step else None,
         "last_telemetry_age_seconds": now - step.wall_time if step else None,
         "train": {k: getattr(step, k) for k in _STEP_FIELDS} if step else None,
         "eval": ({"step": ev.step, "wall_time": ev.wall_time, **{k: getattr(ev, k) for k in _EVAL_FIELDS},
                   "speech": ev.speech.model_dump() if ev.speech is not None else None} if ev else None),
         "steps_per_second": s.steps_per_second,
+        "live": live,  # a daemon or a trainer runs: the speed is current, and there is an ETA
         "eta_seconds": eta,
+        "eta_by": eta_by,  # "max_steps" or "max_minutes": whichever ends the run first
         "checkpoint": ({"step": ck.step, "path": ck.path, "reason": ck.reason, "health": ck.health,
                         "wall_time": ck.wall_time, "val_loss": ck.val_loss} if ck else None),
         "pending_proposals": [proposal_brief(p, now) for p in s.pending_proposals],
@@ -133,6 +227,28 @@ def status_data(journal: "Journal", run_dir: str | Path, max_steps: int | None,
                            "proposal_id": c.proposal_id, "created_at": c.created_at} for c in open_commands],
         "recent_interventions": [_intervention(p) for p in recent],
     }
+
+
+def daemon_line(dm: dict[str, Any] | None, now: float) -> str:
+    """``running (pid N, since ...)`` or ``not running — stopped WHEN (WHY)``."""
+    if dm is None:
+        return "-"
+    trainer = f", trainer pid {dm['trainer_pid']}" if dm.get("trainer_pid") is not None else ""
+    if dm["running"]:
+        pid = dm["pid"] if dm["pid"] is not None else "unknown"
+        since = f", since {clock(dm['since'])} ({duration(now - dm['since'])} ago)" if dm["since"] else ""
+        return f"running (pid {pid}{since}{trainer})"
+    if dm["stopped_at"] is not None:
+        when = f"stopped {clock(dm['stopped_at'])}, {duration(now - dm['stopped_at'])} ago"
+    elif dm["last_seen"] is not None:
+        when = f"last seen {clock(dm['last_seen'])}, {duration(now - dm['last_seen'])} ago"
+    else:
+        when = ""
+    line = "not running" + (f" — {when}" if when else "") + f" ({dm['why']})"
+    if dm.get("trainer_pid") is not None:
+        line += (f"; its trainer (pid {dm['trainer_pid']}) still trains, unsupervised: "
+                 "smart-tuner run stops it and resumes")
+    return line
 
 
 def speech_line(sp: dict[str, Any] | None) -> str:
@@ -156,7 +272,7 @@ def _intervention_line(i: dict[str, Any]) -> str:
 
 def format_status(d: dict[str, Any], now: float | None = None, decide_hint: str = CLI_DECIDE_HINT) -> str:
     now = time.time() if now is None else now
-    lines = [f"run       {d['run_dir']}"]
+    lines = [f"run       {d['run_dir']}", f"daemon    {daemon_line(d.get('daemon'), now)}"]
     if d["phase"]:
         phase = f"{d['phase']} since {clock(d['phase_since'])} ({duration(now - d['phase_since'])} ago)"
     else:
@@ -189,13 +305,17 @@ def format_status(d: dict[str, Any], now: float | None = None, decide_hint: str 
         lines.append(f"speech    {speech_line(e.get('speech'))}")
     rate = d["steps_per_second"]
     speed = f"{num(rate, '.2f')} steps/s" if rate else "- steps/s"
-    if d["eta_seconds"] is not None:
-        eta = f"ETA {duration(d['eta_seconds'])} (at {clock(now + d['eta_seconds'])})"
-    elif d["max_steps"] is None:
-        eta = "ETA - (max_steps unknown: no run-config.yaml; pass --config)"
+    if not d.get("live", True):
+        lines.append(f"speed     {'last ' + speed if rate else '-'}  (nothing trains now: no ETA)")
     else:
-        eta = "ETA -"
-    lines.append(f"speed     {speed}  {eta}")
+        if d["eta_seconds"] is not None:
+            eta = f"ETA {duration(d['eta_seconds'])} (at {clock(now + d['eta_seconds'])}"
+            eta += ", max_minutes)" if d.get("eta_by") == "max_minutes" else ")"
+        elif d["max_steps"] is None:
+            eta = "ETA - (max_steps unknown: no run-config.yaml; pass --config)"
+        else:
+            eta = "ETA -"
+        lines.append(f"speed     {speed}  {eta}")
     ck = d["checkpoint"]
     lines.append(f"ckpt      step {ck['step']} ({ck['reason']}, {ck['health']}) {ck['path']}" if ck else "ckpt      -")
     recent = d.get("recent_interventions") or []

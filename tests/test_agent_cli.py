@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import signal
 import pwd
 import subprocess
 import sys
@@ -17,6 +19,8 @@ import yaml
 from agent.cli import main
 from agent.journal import Journal
 from agent.paths import child_config_path, journal_path
+from agent.views import status_data
+from trainer.runlock import daemon_lock_path
 from trainer.control import (
     CheckpointRecord, CommandResult, EvalRecord, Rollback, SetGatePosWeight, SetLearningRate, SpeechSummary,
     StepTelemetry,
@@ -71,15 +75,28 @@ def run(tmp_path) -> Path:
     return run_dir
 
 
+@pytest.fixture
+def daemon_alive(run) -> int:
+    """The run's daemon lock held as a live daemon holds it (here by this process, whose pid it names)."""
+    fd = os.open(daemon_lock_path(run), os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        yield os.getpid()
+    finally:
+        os.close(fd)
+
+
 def one_line(text: str) -> str:
     lines = text.strip().splitlines()
     assert len(lines) == 1, text
     return lines[0]
 
 
-def test_status_shows_the_journal(run, capsys):
+def test_status_shows_the_journal(run, daemon_alive, capsys):
     assert main(["status", "--run-dir", str(run)]) == 0
     out = capsys.readouterr().out
+    assert f"daemon    running (pid {daemon_alive}, since " in out
     assert "aligning since" in out
     assert "step      20 / 120" in out
     for number in ("1.8125", "0.9375", "0.8125", "0.0625", "0.0312",  # train loss and its parts
@@ -95,7 +112,7 @@ def test_status_shows_the_journal(run, capsys):
     assert "commands  0 open" in out
 
 
-def test_status_json_parses_and_matches(run, capsys):
+def test_status_json_parses_and_matches(run, daemon_alive, capsys):
     assert main(["status", "--run-dir", str(run), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["phase"] == "aligning" and data["step"] == 20 and data["max_steps"] == 120
@@ -105,9 +122,11 @@ def test_status_json_parses_and_matches(run, capsys):
     assert [p["id"] for p in data["pending_proposals"]] == [1, 2]
     assert data["pending_proposals"][0]["actions"] == ["set_lr factor=0.5", "rollback step=20 skip_batches=4"]
     assert data["checkpoint"]["health"] == "good" and data["paused"] is False
+    assert data["daemon"]["running"] is True and data["daemon"]["pid"] == daemon_alive and data["live"] is True
+    assert data["eta_by"] == "max_steps" and data["max_minutes"] is None
 
 
-def test_status_by_config_takes_its_run_dir_and_max_steps(run, tmp_path, capsys):
+def test_status_by_config_takes_its_run_dir_and_max_steps(run, daemon_alive, tmp_path, capsys):
     child_config_path(run).unlink()
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"run_dir": str(run), "train": {"max_steps": 220}}))
@@ -123,7 +142,124 @@ def test_status_of_an_empty_journal(tmp_path, capsys):
     Journal(journal_path(tmp_path)).close()
     assert main(["status", "--run-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "no telemetry yet" in out and "no evaluation yet" in out and "max_steps unknown" in out
+    assert "no telemetry yet" in out and "no evaluation yet" in out
+    assert "daemon    not running (no daemon has run here" in out
+    assert "speed     -  (nothing trains now: no ETA)" in out and "ETA -" not in out
+
+
+# -- is the daemon alive? (status's "daemon" line; Telegram /status shows the same views) ------------
+STAND_IN_DAEMON = '''
+import sys
+sys.path.insert(0, {root!r})
+from agent.daemon import run_daemon
+from trainer.config import load_config
+
+
+class StandInSupervisor:
+    def __init__(self, journal, cfg, *, warmup_steps):
+        self.journal, self.phase = journal, journal.current_phase() or "warmup"
+
+    def tick(self):
+        pass
+
+    def note_child_event(self, kind, detail=""):
+        self.journal.audit("daemon", kind, detail)
+
+
+sys.exit(run_daemon(load_config({config!r}), supervisor_factory=StandInSupervisor, echo_child=False,
+                    child_command=[sys.executable, "-c", "import time; time.sleep(120)"]))
+'''
+
+
+def _kill_daemon_and_child(proc: subprocess.Popen, run_dir: Path) -> None:
+    """A SIGKILLed daemon leaves its trainer running: kill both."""
+    from agent.daemon import child_pid_path
+
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+    try:
+        pid = json.loads(child_pid_path(run_dir).read_text())["pid"]
+        os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError, KeyError):
+        pass
+
+
+def test_status_says_a_real_daemon_runs_and_then_that_it_was_killed(run, tmp_path, capsys):
+    from conftest import micro_config
+    from trainer.runlock import lock_holder
+
+    cfg = micro_config(tmp_path / "ds", run, train__max_steps=120, supervisor={
+        "process": {"stop_grace_seconds": 5}, "tick_seconds": 5, "digest_minutes": 0})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    script = tmp_path / "daemon.py"
+    script.write_text(STAND_IN_DAEMON.format(root=str(ROOT), config=str(config)))
+    daemon = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        from conftest import wait_until
+
+        wait_until(lambda: lock_holder(daemon_lock_path(run)) == str(daemon.pid), 60, "the daemon's lock")
+        wait_until(lambda: "started" in [a.action for a in Journal(journal_path(run), readonly=True).audit_log()],
+                   60, "the daemon to start its trainer")
+        assert main(["status", "--run-dir", str(run)]) == 0
+        out = capsys.readouterr().out
+        assert f"daemon    running (pid {daemon.pid}, since " in out, out
+        assert "2.00 steps/s  ETA 50s" in out, out  # (120 - 20) steps at 2 steps/s
+        _kill_daemon_and_child(daemon, run)  # kill -9: nothing recorded
+        assert main(["status", "--run-dir", str(run)]) == 0
+        out = capsys.readouterr().out
+        assert "daemon    not running — last seen " in out and "ago (killed: no clean stop recorded)\n" in out, out
+        assert "speed     last 2.00 steps/s  (nothing trains now: no ETA)" in out and "ETA 50s" not in out, out
+        assert main(["status", "--run-dir", str(run), "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["daemon"]["running"] is False and data["daemon"]["state"] == "killed"
+        assert data["live"] is False and data["eta_seconds"] is None and data["steps_per_second"] == pytest.approx(2)
+    finally:
+        _kill_daemon_and_child(daemon, run)
+
+
+@pytest.mark.parametrize("events, expected", [
+    ([("started", "pid 1; no telemetry yet"), ("finished", "trainer exited 0 at step 120 (max_steps)")],
+     "finished at max_steps"),
+    ([("started", "pid 1; no telemetry yet"), ("finished", "trainer exited 0 at step 80 (max_minutes)")],
+     "finished at max_minutes"),
+    ([("started", "pid 1"), ("crashed", "exit code 3 at step 20; last lines of trainer.log:\nboom"),
+      ("restarted", "pid 2"), ("crashed", "exit code 3 at step 20; last lines of trainer.log:\nboom"),
+      ("gave_up", "2 consecutive failures without progress (process.max_restarts is 1)")],
+     "gave up: 2 consecutive failures without progress (process.max_restarts is 1); "
+     "last failure: exit code 3 at step 20"),
+    ([("started", "pid 1"), ("stopped", "daemon stopped by SIGTERM; trainer exit code 0 at step 20")],
+     "daemon stopped by SIGTERM; trainer exit code 0 at step 20"),
+])
+def test_status_of_a_run_whose_daemon_ended_says_how(run, capsys, events, expected):
+    with Journal(journal_path(run), create=False) as j:
+        for kind, detail in events:
+            j.audit("daemon", kind, detail)
+        j.audit(f"cli:{USER}", "pause", "command x")  # others' audit rows do not count
+    assert main(["status", "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"daemon    not running — stopped " in out and f"ago ({expected})\n" in out, out
+    assert "last 2.00 steps/s  (nothing trains now: no ETA)" in out and "ETA 50s" not in out, out
+
+
+def test_eta_is_the_sooner_of_max_steps_and_max_minutes(run, daemon_alive):
+    child_config_path(run).write_text(yaml.safe_dump({"run_dir": str(run),
+                                                      "train": {"max_steps": 120, "max_minutes": 1}}))
+    with Journal(journal_path(run), create=False) as j:
+        j.audit("daemon", "started", "pid 1; no telemetry yet")
+        j.audit("daemon", "crashed", "exit code 1 at step 20")
+        j.audit("daemon", "restarted", "pid 2; resuming after step 20")  # each trainer counts from its start
+        started = j.latest_audit("daemon", ("restarted",))[0].wall_time
+        d = status_data(j, run, 120, now=started + 30)  # max_minutes from RUN/run-config.yaml
+        assert d["max_minutes"] == 1 and d["trainer_started_at"] == started
+        assert (d["eta_by"], d["eta_seconds"]) == ("max_minutes", pytest.approx(30))  # 60 s - 30 s < 50 s of steps
+        d = status_data(j, run, 120, now=started + 30, max_minutes=10)
+        assert (d["eta_by"], d["eta_seconds"]) == ("max_steps", pytest.approx(50))
+        d = status_data(j, run, 120, now=started + 90)
+        assert (d["eta_by"], d["eta_seconds"]) == ("max_minutes", 0)  # past its budget: it stops at its next step
+    assert main(["status", "--run-dir", str(run), "--json"]) == 0  # the CLI reads the budget too
 
 
 def test_approve_applies_once_and_enqueues_exactly_its_commands(run, capsys):

@@ -12,6 +12,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -302,6 +303,22 @@ def test_approve_button_decides_once_and_every_decision_edits_its_card(run_dir, 
 
 
 def test_status_history_and_pause_reply_from_the_journal(run_dir, standin, start_bot):
+    import fcntl
+
+    from trainer.runlock import daemon_lock_path
+
+    # The bot lives in the run's daemon, which holds the daemon lock (here this process does).
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = os.open(daemon_lock_path(run_dir), os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+    try:
+        _status_history_and_pause(run_dir, standin, start_bot)
+    finally:
+        os.close(lock)
+
+
+def _status_history_and_pause(run_dir, standin, start_bot):
     t0 = time.time() - 30
     with Journal(journal_path(run_dir)) as j:
         steps = [StepTelemetry(step=i, epoch=0, wall_time=t0 + i, lr=2.5e-4, loss=1.0 + 1 / i, mel_loss=0.5,
@@ -321,7 +338,7 @@ def test_status_history_and_pause_reply_from_the_journal(run_dir, standin, start
         standin.inject_message(CHAT, USER, "/status")
         status = standin.wait_for(lambda: [m for m in standin.sent_to(CHAT) if "phase     aligning" in m["text"]],
                                   what="the /status reply")[0]["text"]
-        for number in ("step      20 / 120", "loss 1.0500", "lr 0.00025", "val loss 2.0625", "diagonality 0.438",
+        for number in (f"daemon    running (pid {os.getpid()}, since ", "step      20 / 120", "loss 1.0500", "lr 0.00025", "val loss 2.0625", "diagonality 0.438",
                        "accuracy 0.812", "1.00 steps/s", "ETA 1m 40s", "3 of 8 spoken (38%), MCD-DTW 2.88 dB",
                        "9 in range, 1 early, 0 runaway"):
             assert number in status, (number, status)

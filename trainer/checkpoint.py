@@ -44,9 +44,48 @@ class CheckpointError(UserError):
     pass
 
 
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in ``obj`` (nested dicts, lists, tuples): about a checkpoint's size."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+class _WriteRecorder:
+    """A file wrapper that keeps the OSError its ``write`` raised: ``torch.save`` turns a
+    failed write (``No space left on device``) into a RuntimeError that does not say so."""
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    with atomic_write(path) as fh:
-        torch.save(obj, fh)
+    """``torch.save`` to ``path`` atomically; a full disk or a folder that cannot be written
+    raises a one-line StorageError (trainer.fsutil) naming ``path``, the free space there
+    and about how much the checkpoint needs; no temporary file is left behind."""
+    with atomic_write(path, needed=tensor_bytes(obj)) as fh:
+        out = _WriteRecorder(fh)
+        try:
+            torch.save(obj, out)
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None  # atomic_write names the path and the free space
+            raise
 
 
 def plain(value: Any) -> Any:

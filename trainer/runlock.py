@@ -110,9 +110,17 @@ def hold_train_lock(run_dir: str | Path, *, supervised: bool = False,
         if daemon is not None:
             raise UserError(f"{run_dir} is supervised by a running daemon (pid {daemon}), whose trainer writes its "
                             f"checkpoints; stop it first (smart-tuner stop --run-dir {run_dir}) or use another run_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = train_lock_path(run_dir)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # a read-only or foreign run folder: say so in one line
+        from trainer.fsutil import storage_error
+
+        err = storage_error(exc, run_dir)
+        if err is None:
+            raise
+        raise err from None
     deadline = time.monotonic() + leftover_wait
     while True:
         try:
