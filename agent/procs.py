@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
-from pathlib import Path
+
+from trainer.runlock import proc_alive  # noqa: F401 - one definition, shared with the run lock
 
 
 def describe_exit(code: int) -> str:
@@ -15,18 +15,3 @@ def describe_exit(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
-
-
-def proc_alive(pid: int) -> bool:
-    """Running (not gone, not a zombie awaiting its reaper)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return not Path("/proc").is_dir()  # no /proc: trust kill(0)
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")

@@ -39,6 +39,34 @@ def espeak_dataset(tmp_path_factory) -> Path:
     return out
 
 
+def fake_bot_token(bot_id: int, secret: str) -> str:
+    """A made-up Telegram bot token (``<bot id>:<secret>``), put together at run time so that
+    no token-shaped string sits in the sources."""
+    return f"{bot_id}:{secret}"
+
+
+def kill_daemon_and_child(proc, run_dir: Path) -> None:
+    """A test's daemon (a Popen, or None), and the trainer it started: a SIGKILLed daemon
+    leaves its trainer running by design, and a test must not leak it."""
+    import json
+    import os
+    import signal
+
+    from agent.daemon import child_pid_path
+
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    try:
+        pid = int(json.loads(child_pid_path(run_dir).read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def wait_until(fn, seconds: float, what: str = "", every: float = 0.05):
     """Call ``fn`` until it returns something truthy (returned), failing after ``seconds``."""
     import time

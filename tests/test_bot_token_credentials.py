@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from agent.bot_token import CREDENTIAL_NAME, CREDENTIALS_DIR_ENV, ENV_FILE_ENV, TOKEN_ENV, bot_settings, bot_token
 
-TOKEN = "123456789:AAHcredential-secret_part-of-the-token"
+from conftest import fake_bot_token
+
+TOKEN = fake_bot_token(123456789, "AAHcredential-secret_part-of-the-token")
 SECRET = TOKEN.split(":", 1)[1]
 
 

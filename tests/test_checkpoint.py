@@ -8,6 +8,7 @@ loading path (load_checkpoint, resume, warm start, a run's checkpoints/ folder, 
 from __future__ import annotations
 
 import random
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, plain
+from trainer.checkpoint import RESAVE_DOC, CheckpointError, CheckpointManager, load_checkpoint, plain
 from trainer.cli import main
 
 from conftest import micro_config
@@ -44,7 +45,7 @@ def _assert_refused_in_one_line(text: str, path: Path, marker: Path) -> None:
     assert not marker.exists(), "the checkpoint's pickle ran code"
     assert "Traceback" not in text and len(text.strip().splitlines()) == 1, text
     assert f"{path}: not loaded" in text and "pickled Python objects (io.open)" in text, text
-    assert "python -c" in text and "weights_only=False" in text  # how to keep the weights of a trusted file
+    assert "if you trust this file, save its weights alone" in text and RESAVE_DOC in text  # the way out
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-format"])
@@ -56,19 +57,23 @@ def test_crafted_checkpoint_is_refused_without_running_its_payload(tmp_path, leg
     _assert_refused_in_one_line(str(caught.value), evil, marker)
 
 
-def test_resave_command_in_the_message_gives_a_loadable_file(tmp_path):
-    """The one-line command the refusal suggests (for a file the user trusts) works."""
+def test_resave_command_the_message_points_at_gives_a_loadable_file(tmp_path):
+    """The command the refusal points at (docs, for a file the user trusts) works."""
     marker = tmp_path / "marker"
-    evil = _crafted(tmp_path / "old nvidia.pt", marker)  # a space: the command quotes paths
+    evil = _crafted(tmp_path / "old nvidia.pt", marker)  # a space: the command must be given quoted paths
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(evil)
-    command = str(caught.value).split(" with ", 1)[1].rsplit(" and use ", 1)[0]
-    assert command.startswith("python -c ")
+    doc, anchor = RESAVE_DOC.split("#")
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    assert "\n### Checkpoints that hold Python objects\n" in text and anchor == "checkpoints-that-hold-python-objects"
+    command = next(line for line in text[text.index("### Checkpoints that hold Python objects"):].splitlines()
+                   if line.startswith("python -c "))
+    command = command.replace("old.pt old-weights.pt", f"{shlex.quote(str(evil))} weights.pt")
     done = subprocess.run(command.replace("python", sys.executable, 1), shell=True, capture_output=True,
                           text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
     marker.unlink()  # the user's own unpickle ran it, on a file they trust
-    ckpt = load_checkpoint(tmp_path / "old nvidia-weights.pt")
+    ckpt = load_checkpoint(tmp_path / "weights.pt")
     assert ckpt["iteration"] == 9 and torch.equal(ckpt["state_dict"]["w"], torch.zeros(2))
     assert not marker.exists()
 

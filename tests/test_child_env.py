@@ -10,16 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
 import yaml
 
-from agent.daemon import child_pid_path, run_daemon
+from agent.daemon import run_daemon
 from agent.paths import child_config_path
 
-from conftest import micro_config
+from conftest import kill_daemon_and_child, micro_config
 
 TOKEN = "not-a-bot-token-but-a-SECRET"  # not token-shaped: the daemon starts no bot with it
 PASSWORD = "s3cret-pw"
@@ -60,17 +59,6 @@ def _assert_no_secrets(env: dict[str, str], cuda: str = "1") -> None:
     assert env["SMART_TUNER_ENV_FILE"] == ""  # the child reads no .env of its own
 
 
-def _kill_child_of(run: Path) -> None:
-    try:
-        pid = json.loads(child_pid_path(run).read_text())["pid"]
-    except (OSError, ValueError, KeyError):
-        return
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def test_trainer_child_gets_no_bot_token_but_what_it_needs(tmp_path, monkeypatch):
     _secret_environment(monkeypatch, tmp_path)
     out = tmp_path / "child-env.json"
@@ -82,7 +70,7 @@ def test_trainer_child_gets_no_bot_token_but_what_it_needs(tmp_path, monkeypatch
     try:  # the daemon runs in this process; its child writes its environment and exits
         rc = run_daemon(config, echo_child=False, child_command=[sys.executable, "-c", _dump_env_code(out)])
     finally:
-        _kill_child_of(run)
+        kill_daemon_and_child(None, run)
     assert rc == 0
     env = json.loads(out.read_text())
     _assert_no_secrets(env)

@@ -27,7 +27,7 @@ from agent.journal import Journal
 from agent.paths import child_config_path, journal_path, trainer_log_path
 from trainer.errors import UserError
 
-from conftest import micro_config
+from conftest import kill_daemon_and_child, micro_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -526,19 +526,7 @@ def test_policy_window_spans_the_evaluations_the_overfit_rule_compares():
 
 
 # -- a pause outlives restarts; only a real end of the run is "finished" ------------------------------
-def _kill_daemon_and_child(proc: subprocess.Popen | None, run_dir: Path) -> None:
-    """A test's daemon, and the trainer it started (a SIGKILLed daemon leaves its trainer running)."""
-    if proc is not None and proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    try:
-        pid = json.loads(child_pid_path(run_dir).read_text())["pid"]
-    except (OSError, ValueError, KeyError):
-        return
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+_kill_daemon_and_child = kill_daemon_and_child
 
 
 def _journal_paused(run_dir: Path) -> bool:

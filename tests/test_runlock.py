@@ -6,7 +6,6 @@ model, and a daemon (stand-in supervisor, real trainer child) on the same folder
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -23,7 +22,7 @@ import yaml
 from trainer.errors import UserError
 from trainer.runlock import daemon_lock_path, hold_train_lock, lock_holder, train_lock_path
 
-from conftest import micro_config, wait_until
+from conftest import kill_daemon_and_child, micro_config, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,13 +146,7 @@ def test_train_on_a_folder_a_live_daemon_supervises_is_refused(espeak_dataset, t
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=90) == 0
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
-        # A daemon killed outright leaves its trainer running (by design): do not leak it.
-        if child_pid_path(run).exists():
-            with contextlib.suppress(ProcessLookupError, ValueError, KeyError):
-                os.kill(int(json.loads(child_pid_path(run).read_text())["pid"]), signal.SIGKILL)
+        kill_daemon_and_child(daemon, run)
 
 
 def test_daemon_refuses_a_folder_that_train_is_training(tmp_path):

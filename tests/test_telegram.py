@@ -32,10 +32,11 @@ from trainer.control import (
     CommandResult, EvalRecord, Rollback, SetGatePosWeight, SetLearningRate, SpeechSummary, StepTelemetry,
 )
 
+from conftest import fake_bot_token
 from telegram_standin import BotApiStandIn
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "123456789:AAHtest-secret-part_of-the-token"
+TOKEN = fake_bot_token(123456789, "AAHtest-secret-part_of-the-token")
 SECRET = TOKEN.split(":", 1)[1]
 CHAT = USER = 4242
 STRANGER = 666

@@ -24,10 +24,10 @@ from agent.journal import Journal
 from agent.paths import journal_path
 from agent.notify import telegram_channel
 
-from conftest import micro_config
+from conftest import fake_bot_token, micro_config
 from telegram_standin import BotApiStandIn
 
-TOKEN = "987654321:AAE2e-secret_token-part-for-tests"
+TOKEN = fake_bot_token(987654321, "AAE2e-secret_token-part-for-tests")
 CHAT = USER = 5151
 OUTAGE_SECONDS = 30.0  # the scenario: Telegram down for 30 s mid-run
 BASELINE_SECONDS = 10.0  # Telegram up, before the outage: the speed to compare with

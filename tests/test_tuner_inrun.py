@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from agent.cli import main as cli_main
 from agent.daemon import run_daemon
 from agent.journal import Journal
 from agent.paths import journal_path
+from trainer.checkpoint import load_checkpoint
 
 from conftest import micro_config
 
@@ -127,12 +127,12 @@ def test_a_tuning_round_forks_prunes_survives_a_killed_trial_and_the_run_continu
     assert all(s.guided_attention_weight == pytest.approx(w["guided_attention_weight"]) for s in after)
     assert all(s.gate_pos_weight == pytest.approx(w["gate_pos_weight"]) for s in after)
     assert all(s.grad_clip == pytest.approx(w["grad_clip_thresh"]) for s in after)
-    final = torch.load(run / "checkpoints" / "checkpoint_00000016.pt", weights_only=False)
+    final = load_checkpoint(run / "checkpoints" / "checkpoint_00000016.pt")
     assert final["smart_tuner"]["dropouts"]["p_attention_dropout"] == pytest.approx(w["p_attention_dropout"])
     assert final["optimizer"]["param_groups"][0]["weight_decay"] == pytest.approx(w["weight_decay"])
     assert final["smart_tuner"]["extras"] == {}  # the trial's own state did not leak into the main run
     # No trained step thrown away: the adopted checkpoint is the winner's step.
-    adopted = torch.load(trials[1].checkpoint, weights_only=False)
+    adopted = load_checkpoint(trials[1].checkpoint)
     assert adopted["iteration"] == trials[1].base_step + 4
 
     assert cli_main(["trials", "--run-dir", str(run)]) == 0

@@ -89,15 +89,21 @@ def test_checkpoint_on_a_full_disk_is_one_line_with_free_and_needed_space_and_no
     assert list((tmp_path / "checkpoints").iterdir()) == []  # no temp file, no checkpoint
 
 
-def test_checkpoint_on_a_real_full_tmpfs(tmp_path):
+def _small_tmpfs(tmp_path: Path, size: str) -> Path:
+    """A real, tiny file system (the caller unmounts it), or a skip where mounting is not allowed."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root; the injected full disk above covers the message")
+        pytest.skip("mounting a small tmpfs needs root; the injected full disk covers the message")
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True,
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
                           text=True)
     if done.returncode != 0:
         pytest.skip(f"mount -t tmpfs not permitted here: {done.stderr.strip()}")
+    return mnt
+
+
+def test_checkpoint_on_a_real_full_tmpfs(tmp_path):
+    mnt = _small_tmpfs(tmp_path, "256k")
     try:
         manager = CheckpointManager(mnt / "checkpoints", keep_last=2, keep_best=True)
         with pytest.raises(StorageError, match=r": no space left on device: .* free in .*, about 390.6 KB needed;"):
@@ -276,14 +282,7 @@ def test_real_trainer_on_a_full_tmpfs_gives_up_at_once_with_one_line(espeak_data
     from agent.daemon import run_daemon
     from test_daemon import _config
 
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        pytest.skip(f"mount -t tmpfs not permitted here: {done.stderr.strip()}")
+    mnt = _small_tmpfs(tmp_path, "400k")
     try:
         sups: list = []
         rc = run_daemon(_config(espeak_dataset, mnt / "run", max_steps=6), log=RecordingLog(),

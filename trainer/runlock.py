@@ -41,20 +41,27 @@ def _pid_in(fd: int) -> str:
     return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
 
 
-def _alive(pid: str) -> bool:
+def proc_alive(pid: int) -> bool:
+    """Running (not gone, not a zombie awaiting its reaper)."""
     try:
-        stat = Path(f"/proc/{int(pid)}/stat").read_text()
-    except ValueError:
-        return True  # no pid written yet: its holder is starting
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         try:
-            os.kill(int(pid), 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
             return True
-        return not Path("/proc").is_dir()
+        return not Path("/proc").is_dir()  # no /proc: trust kill(0)
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _alive(pid: str) -> bool:
+    """The pid a lock file names (text) is running; no pid written yet counts as alive."""
+    try:
+        return proc_alive(int(pid))
+    except ValueError:
+        return True  # its holder is starting
 
 
 def lock_holder(path: str | Path) -> str | None:
