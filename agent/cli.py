@@ -20,11 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.views import (  # the standard library only: the CLI still starts instantly
-    decide, format_decision, format_event, format_proposal, format_status, history_events, queue_control,
+    decide,
+    format_decision,
+    format_event,
+    format_proposal,
+    format_status,
+    history_events,
+    queue_control,
     status_data as _status_data,
 )
-from trainer import cli as trainer_cli
-from trainer import cli_train
+from trainer import cli as trainer_cli, cli_train
 from trainer.errors import UserError
 
 if TYPE_CHECKING:

@@ -53,7 +53,12 @@ from typing import Any, Literal, get_args
 import pydantic_core
 
 from trainer.control import (
-    CheckpointRecord, Command, CommandResult, EvalRecord, StepTelemetry, parse_command,
+    CheckpointRecord,
+    Command,
+    CommandResult,
+    EvalRecord,
+    StepTelemetry,
+    parse_command,
 )
 
 SCHEMA_VERSION = 4
@@ -750,7 +755,9 @@ class Journal:
                                      (seq, -1 if limit is None else limit)).fetchall()
         return [EvalRow(r[0], EvalRecord.model_validate_json(r[1])) for r in rows]
 
-    def loss_curve(self, max_points: int = 4000) -> tuple[list[tuple[int, float | None]], list[tuple[int, float | None]]]:
+    def loss_curve(
+        self, max_points: int = 4000
+    ) -> tuple[list[tuple[int, float | None]], list[tuple[int, float | None]]]:
         """``(step, loss)`` of every k-th step row in the order written (at most about
         ``max_points``, the newest always included) and ``(step, val_loss)`` of every
         evaluation: for a loss plot. Reads the columns, not the JSON records."""
@@ -812,8 +819,10 @@ class Journal:
             current = row[0] if row else None
             if expected_from is not None and current != expected_from:
                 return None
-            pid = con.execute("INSERT INTO phases (wall_time, step, from_phase, to_phase, reason) VALUES (?, ?, ?, ?, ?)",
-                              (now, step, current, to_phase, reason)).lastrowid
+            pid = con.execute(
+                "INSERT INTO phases (wall_time, step, from_phase, to_phase, reason) VALUES (?, ?, ?, ?, ?)",
+                (now, step, current, to_phase, reason),
+            ).lastrowid
             for key, value in (state or {}).items():
                 self._set_state(con, key, value, now)
         return PhaseChange(pid, now, step, current, to_phase, reason)

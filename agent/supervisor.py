@@ -29,7 +29,7 @@ from agent.config import SupervisorConfig
 from agent.journal import Journal, Proposal as ProposalRow
 from agent.tuner.inrun import InRunTuning
 from policies import Memory, Phase, Proposal, Window, propose
-from policies.signals import is_aligned, is_collapsed, is_diverging, is_healthy, is_plateau, warmup_done
+from policies.signals import is_aligned, is_collapsed, is_diverging, is_healthy, warmup_done
 from trainer.control import CheckpointRecord, EvalRecord, Pause
 
 STATES = [p.value for p in Phase]

@@ -42,22 +42,30 @@ from aiogram import Bot, Dispatcher, Router
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
 from aiogram.exceptions import (
-    TelegramBadRequest, TelegramEntityTooLarge, TelegramForbiddenError, TelegramRetryAfter,
+    TelegramBadRequest,
+    TelegramEntityTooLarge,
+    TelegramForbiddenError,
+    TelegramRetryAfter,
 )
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import (
-    BufferedInputFile, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update,
+    BufferedInputFile,
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    Update,
 )
 from aiogram.utils.backoff import BackoffConfig
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
 
 from agent import media, views
+from agent.bot_token import Redactor
 from agent.config import TelegramConfig
 from agent.journal import Journal, Proposal
 from agent.notify import Outgoing, Relay, clip, is_urgent, telegram_channel
 from agent.paths import journal_path
-from agent.bot_token import Redactor
 from agent.telegram_format import DECIDE_HINT, card_text, help_text, refusal_text
 
 HISTORY_LINES = 15
@@ -425,7 +433,8 @@ class TelegramBot:
 
     async def on_button(self, query: CallbackQuery, callback_data: Decide) -> None:
         decision = "approved" if callback_data.action == "approve" else "rejected"
-        outcome = await self._db(views.decide, self.journal, callback_data.proposal_id, decision, actor(query.from_user))
+        outcome = await self._db(views.decide, self.journal, callback_data.proposal_id, decision,
+                                 actor(query.from_user))
         if outcome is None:
             await query.answer(f"No proposal {callback_data.proposal_id}.", show_alert=True)
             return

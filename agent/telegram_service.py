@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.config import TelegramConfig
 from agent.bot_token import Redactor, install_log_redaction
+from agent.config import TelegramConfig
 
 RESTART_PAUSE_SECONDS = 10.0
 
@@ -31,7 +31,8 @@ class TelegramService:
     def __init__(self, token: str, cfg: TelegramConfig, *, run_dir: Path, max_steps: int | None,
                  probe_text: str | None, log: Any) -> None:
         self._token = token
-        self.cfg, self.run_dir, self.max_steps, self.probe_text, self.log = cfg, Path(run_dir), max_steps, probe_text, log
+        self.cfg, self.run_dir, self.max_steps = cfg, Path(run_dir), max_steps
+        self.probe_text, self.log = probe_text, log
         self.redact = Redactor(token)
         install_log_redaction(self.redact)
         self._stop_requested = threading.Event()

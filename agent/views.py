@@ -325,7 +325,8 @@ def format_status(d: dict[str, Any], now: float | None = None, decide_hint: str 
     pending = d["pending_proposals"]
     lines.append(f"pending   {len(pending)} proposal(s)" + (f": {decide_hint}" if pending else ""))
     for p in pending:
-        lines.append(f"  #{p['id']} {p['policy']}/{p['kind']}: {p['reason']}  [{_expiry_text(p['expires_in_seconds'])}]")
+        expiry = _expiry_text(p["expires_in_seconds"])
+        lines.append(f"  #{p['id']} {p['policy']}/{p['kind']}: {p['reason']}  [{expiry}]")
     cmds = d["open_commands"]
     lines.append(f"commands  {len(cmds)} open" + (":" if cmds else ""))
     for c in cmds[:10]:

@@ -303,8 +303,9 @@ def print_table(results: list[dict], comparisons: list[dict], data: dict) -> Non
         print("\nMeasured in this run: ours / random batches (nvidia-like) or ours / per-step LSTM weight "
               "gradients (per-step-lstm); same model, data and seed")
         header = ["setting", "ours vs", "time ratio", "time per real frame", "memory ratio", "padded frames ratio"]
-        rows = [[c["setting"], c.get("against", "nvidia-like"), f"{c['time_ratio']:.2f}", f"{c['time_per_real_frame_ratio']:.2f}",
-                 f"{c['memory_ratio']:.2f}", f"{c['padded_frames_ratio']:.2f}"] for c in comparisons]
+        rows = [[c["setting"], c.get("against", "nvidia-like"), f"{c['time_ratio']:.2f}",
+                 f"{c['time_per_real_frame_ratio']:.2f}", f"{c['memory_ratio']:.2f}",
+                 f"{c['padded_frames_ratio']:.2f}"] for c in comparisons]
         print_rows(header, rows)
     few = [f"{r['setting']}/{r['data']}" for r in results if r["steps"] < 5]
     if few:

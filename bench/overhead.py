@@ -46,9 +46,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from tables import print_rows  # noqa: E402  (bench/tables.py; scripts run from bench/)
-
 import faults as fb  # noqa: E402  (bench/faults.py: the vanilla runner and the launch helpers)
+from tables import print_rows  # noqa: E402  (bench/tables.py; scripts run from bench/)
 
 STEP_TARGET = 1.02
 READY_TARGET_S = 2.0

@@ -11,7 +11,13 @@ from policies.config import PolicyConfig
 from policies.phases import Phase
 from policies.rules import RULES
 from policies.signals import (
-    is_aligned, is_collapsed, is_diverging, is_healthy, is_plateau, is_stalled, warmup_done,
+    is_aligned,
+    is_collapsed,
+    is_diverging,
+    is_healthy,
+    is_plateau,
+    is_stalled,
+    warmup_done,
 )
 from policies.table import ACTIVE, URGENCY, active
 from policies.types import AIMS, KINDS, Memory, Proposal, Window

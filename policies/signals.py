@@ -13,8 +13,15 @@ from statistics import median
 from typing import Literal, Sequence
 
 from policies.config import (
-    AlignedConfig, AlignmentStallConfig, AttentionCollapseConfig, GateConfig, GradRunawayConfig, LossSpikeConfig,
-    OverfitConfig, PlateauConfig, PolicyConfig,
+    AlignedConfig,
+    AlignmentStallConfig,
+    AttentionCollapseConfig,
+    GateConfig,
+    GradRunawayConfig,
+    LossSpikeConfig,
+    OverfitConfig,
+    PlateauConfig,
+    PolicyConfig,
 )
 from policies.types import Window
 from trainer.control import EvalRecord, StepTelemetry
@@ -180,7 +187,8 @@ def find_stall(evals: Sequence[EvalRecord], cfg: AlignmentStallConfig, on_diagon
     if not (math.isfinite(before) and math.isfinite(best)):
         return None
     if best >= on_diagonal:
-        if not math.isfinite(focus_best) or not math.isfinite(focus_before) or focus_best - focus_before >= cfg.min_gain:
+        if (not math.isfinite(focus_best) or not math.isfinite(focus_before)
+                or focus_best - focus_before >= cfg.min_gain):
             return None
     elif best - before >= cfg.min_gain:
         return None

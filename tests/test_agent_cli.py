@@ -5,8 +5,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import signal
 import pwd
+import signal
 import subprocess
 import sys
 import time
@@ -20,11 +20,17 @@ from agent.cli import main
 from agent.journal import Journal
 from agent.paths import child_config_path, journal_path
 from agent.views import status_data
-from trainer.runlock import daemon_lock_path
 from trainer.control import (
-    CheckpointRecord, CommandResult, EvalRecord, Rollback, SetGatePosWeight, SetLearningRate, SpeechSummary,
+    CheckpointRecord,
+    CommandResult,
+    EvalRecord,
+    Rollback,
+    SetGatePosWeight,
+    SetLearningRate,
+    SpeechSummary,
     StepTelemetry,
 )
+from trainer.runlock import daemon_lock_path
 
 ROOT = Path(__file__).resolve().parent.parent
 USER = pwd.getpwuid(os.getuid()).pw_name  # the audit's name for us (not LOGNAME)
@@ -186,8 +192,9 @@ def _kill_daemon_and_child(proc: subprocess.Popen, run_dir: Path) -> None:
 
 
 def test_status_says_a_real_daemon_runs_and_then_that_it_was_killed(run, tmp_path, capsys):
-    from conftest import micro_config
     from trainer.runlock import lock_holder
+
+    from conftest import micro_config
 
     cfg = micro_config(tmp_path / "ds", run, train__max_steps=120, supervisor={
         "process": {"stop_grace_seconds": 5}, "tick_seconds": 5, "digest_minutes": 0})
@@ -240,7 +247,7 @@ def test_status_of_a_run_whose_daemon_ended_says_how(run, capsys, events, expect
         j.audit(f"cli:{USER}", "pause", "command x")  # others' audit rows do not count
     assert main(["status", "--run-dir", str(run)]) == 0
     out = capsys.readouterr().out
-    assert f"daemon    not running — stopped " in out and f"ago ({expected})\n" in out, out
+    assert "daemon    not running — stopped " in out and f"ago ({expected})\n" in out, out
     assert "last 2.00 steps/s  (nothing trains now: no ETA)" in out and "ETA 50s" not in out, out
 
 
@@ -414,7 +421,8 @@ def test_run_loads_config_with_overrides_and_returns_the_daemons_code(tmp_path, 
     monkeypatch.setattr(agent.logs, "configure_logging", lambda run_id: seen.setdefault("run_id", run_id))
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "r"), "train": {"max_steps": 50}}))
-    assert main(["run", "--config", str(config), "--set", "train.max_steps=7", "--set", "optim.learning_rate=3e-4"]) == 3
+    argv = ["run", "--config", str(config), "--set", "train.max_steps=7", "--set", "optim.learning_rate=3e-4"]
+    assert main(argv) == 3
     assert seen["config"].train.max_steps == 7 and seen["config"].optim.learning_rate == 3e-4
     assert hasattr(seen["log"], "info") and seen["run_id"] == "r"
 

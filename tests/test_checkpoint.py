@@ -63,6 +63,7 @@ def test_resave_command_the_message_points_at_gives_a_loadable_file(tmp_path):
     evil = _crafted(tmp_path / "old nvidia.pt", marker)  # a space: the command must be given quoted paths
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(evil)
+    _assert_refused_in_one_line(str(caught.value), evil, marker)  # it names RESAVE_DOC
     doc, anchor = RESAVE_DOC.split("#")
     text = (ROOT / doc).read_text(encoding="utf-8")
     assert "\n### Checkpoints that hold Python objects\n" in text and anchor == "checkpoints-that-hold-python-objects"

@@ -9,8 +9,18 @@ import pytest
 
 from trainer.callbacks import BaseCallback
 from trainer.control import (
-    ApplyHyperparameters, InMemoryPort, Pause, Resume, Rollback, SaveCheckpoint, SetGatePosWeight, SetGradClip,
-    SetGuidedAttention, SetLearningRate, Stop, parse_command,
+    ApplyHyperparameters,
+    InMemoryPort,
+    Pause,
+    Resume,
+    Rollback,
+    SaveCheckpoint,
+    SetGatePosWeight,
+    SetGradClip,
+    SetGuidedAttention,
+    SetLearningRate,
+    Stop,
+    parse_command,
 )
 from trainer.loop import Trainer
 

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from agent.daemon import child_pid_path, daemon_lock_path, digest_text, run_daemon
-from agent.faults import FaultInjector, Fault, parse_faults
+from agent.faults import Fault, FaultInjector, parse_faults
 from agent.journal import Journal
 from agent.paths import child_config_path, journal_path, trainer_log_path
 from trainer.errors import UserError
@@ -433,7 +433,8 @@ def test_fault_spec_parsing_and_journal_memory(tmp_path):
     assert parse_faults('[{"step": 9, "kind": "hang"}, {"step": 3, "kind": "nan_batch"}]') == [
         Fault(3, "nan_batch"), Fault(9, "hang")]
     for bad, msg in [("[{", "not valid JSON"), ('{"step": 1}', "JSON list"),
-                     ('[{"step": 0, "kind": "hang"}]', "integer >= 1"), ('[{"step": 1, "kind": "boom"}]', "unknown kind")]:
+                     ('[{"step": 0, "kind": "hang"}]', "integer >= 1"),
+                     ('[{"step": 1, "kind": "boom"}]', "unknown kind")]:
         with pytest.raises(UserError, match=msg):
             parse_faults(bad)
     with Journal(tmp_path / "j.sqlite") as j:
@@ -537,6 +538,7 @@ def _journal_paused(run_dir: Path) -> bool:
 @pytest.mark.slow
 def test_pause_survives_a_daemon_restart_until_resumed(espeak_dataset, tmp_path, capsys):
     from agent.cli import main as cli_main
+
     from conftest import wait_until
 
     run = tmp_path / "run"

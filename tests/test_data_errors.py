@@ -71,7 +71,8 @@ def test_data_check_reports_every_malformed_line_and_exits_2(ds, tmp_path, capsy
         assert f"{train}:{line}: " in out
     assert "not UTF-8" in out
 
-    report = audit_dataset(DataConfig(training_files=train, validation_files=ds / "val.txt"), AudioConfig(), TextConfig())
+    data = DataConfig(training_files=train, validation_files=ds / "val.txt")
+    report = audit_dataset(data, AudioConfig(), TextConfig())
     assert [p.line for p in report.by_kind("malformed_filelist")] == [2, 5, 8]
     # Training stops on the first one, and says there are more.
     with pytest.raises(FilelistError, match=rf"^{train}:2: .*and 2 more malformed lines"):
@@ -121,7 +122,8 @@ def test_silent_clips_warn_in_training_and_fail_data_check(ds, capsys):
     again = capsys.readouterr().out
     assert f"{train}:2" in again and f"{train}:6" in again
 
-    report = audit_dataset(DataConfig(training_files=train, validation_files=ds / "val.txt"), AudioConfig(), TextConfig())
+    data = DataConfig(training_files=train, validation_files=ds / "val.txt")
+    report = audit_dataset(data, AudioConfig(), TextConfig())
     assert not report.ok
     assert [p.where for p in report.by_kind("silent")] == [f"{train}:2", f"{train}:6"]
     assert "NOT READY" in report.format()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from agent.data_hints import audit_hints, collect_in_background
+
 from conftest import micro_config
 
 

@@ -19,7 +19,13 @@ import pytest
 from agent.journal import SCHEMA_VERSION, Journal, JournalError, JournalVersionError
 from agent.port import JournalPort
 from trainer.control import (
-    CheckpointRecord, CommandResult, EvalRecord, Pause, Rollback, SetLearningRate, StepTelemetry,
+    CheckpointRecord,
+    CommandResult,
+    EvalRecord,
+    Pause,
+    Rollback,
+    SetLearningRate,
+    StepTelemetry,
 )
 
 

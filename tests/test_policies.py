@@ -17,7 +17,7 @@ import policies
 from policies import Memory, Phase, PolicyConfig, Proposal, Window, propose
 from policies.rules import RULES
 from policies.table import URGENCY
-from trainer.control import SpeechSummary, CheckpointRecord, EvalRecord, StepTelemetry
+from trainer.control import CheckpointRecord, EvalRecord, SpeechSummary, StepTelemetry
 
 NAN = float("nan")
 CFG = PolicyConfig()
@@ -35,8 +35,8 @@ def step(n: int, loss: float = 1.0, grad_norm: float = 0.5, finite: bool = True,
 
 def steps(losses, start: int = 1, grads=None, **kw) -> list[StepTelemetry]:
     grads = list(grads) if grads is not None else [0.5] * len(losses)
-    return [step(start + i, loss=l, grad_norm=gn, finite=math.isfinite(l) and math.isfinite(gn), **kw)
-            for i, (l, gn) in enumerate(zip(losses, grads))]
+    return [step(start + i, loss=loss, grad_norm=gn, finite=math.isfinite(loss) and math.isfinite(gn), **kw)
+            for i, (loss, gn) in enumerate(zip(losses, grads))]
 
 
 def sp(synthesized: int = 10, *, utterances: int = 8, spoken: int = 0, mcd: float = 4.0, stopped: int | None = None,
@@ -289,7 +289,7 @@ def test_loss_spike_needs_patience():
 @pytest.mark.parametrize("seed", range(5))
 def test_loss_spike_quiet_on_noisy_healthy_runs(seed):
     # Log-normal noise, a 5x outlier batch every 37 steps, a falling curve.
-    losses = [l * (3.0 * math.exp(-i / 300) + 0.5) for i, l in
+    losses = [noise * (3.0 * math.exp(-i / 300) + 0.5) for i, noise in
               enumerate(noisy(1000, sigma=0.25, seed=seed, outlier_every=37))]
     w = Window(steps=steps(losses), checkpoints=[ckpt(500)])
     assert run_rule("loss_spike", "warmup", w) == []
@@ -359,7 +359,8 @@ def test_grad_runaway_quiet_when_healthy_or_under_the_clip():
 
 def test_grad_runaway_cooldown():
     w = _grad_window()
-    assert run_rule("grad_runaway", "stable", w, Memory(fired={"grad_runaway": 1}, last_step={"grad_runaway": 200})) == []
+    assert run_rule("grad_runaway", "stable", w,
+                    Memory(fired={"grad_runaway": 1}, last_step={"grad_runaway": 200})) == []
     assert run_rule("grad_runaway", "stable", w, Memory(fired={"grad_runaway": 1}, last_step={"grad_runaway": 100}))
 
 
@@ -495,7 +496,8 @@ def test_decay_holds_when_diagonality_slips_or_nothing_to_decay():
     assert run_rule("attention_decay", "stable", _stable([0.93, 0.94], focus=0.4)) == []  # not focused
     assert run_rule("attention_decay", "stable", _stable([0.93, 0.94], ga=0.0)) == []
     # One decay per evaluation.
-    assert run_rule("attention_decay", "stable", _stable([0.93, 0.94]), Memory(last_step={"attention_decay": 2000})) == []
+    assert run_rule("attention_decay", "stable", _stable([0.93, 0.94]),
+                    Memory(last_step={"attention_decay": 2000})) == []
 
 
 def test_decay_waits_after_a_collapse():
@@ -514,7 +516,8 @@ def test_decay_can_wait_until_the_model_speaks():
     st = steps(noisy(20), start=2000 - 19, ga=5.0)
     wait = PolicyConfig.model_validate({"attention_decay": {"min_speech_score": 0.5}})
     [p] = run_rule("attention_decay", "stable", Window(steps=st, evals=speaking), cfg=wait)
-    assert p.actions == ({"kind": "set_guided_attention", "weight": 2.5},) and "6 of 8 utterances are spoken" in p.reason
+    assert p.actions == ({"kind": "set_guided_attention", "weight": 2.5},)
+    assert "6 of 8 utterances are spoken" in p.reason
     assert run_rule("attention_decay", "stable", Window(steps=st, evals=silent), cfg=wait) == []
     assert run_rule("attention_decay", "stable", Window(steps=st, evals=silent))  # default: as soon as aligned
 
@@ -632,8 +635,9 @@ def _overfit(vals=(0.50, 0.51, 0.52, 0.53), train_from: float = 0.8, train_to: f
     # Step records across the whole span, falling from train_from to train_to.
     span = range(1, n * 1000 + 1, 10)
     ls = [train_from + (train_to - train_from) * (s / (n * 1000)) for s in span]
-    st = [step(s, loss=l) for s, l in zip(span, ls)]
-    return Window(steps=st, evals=evals(vals=list(vals)), checkpoints=[ckpt(1000, val_loss=0.5), ckpt(2000, val_loss=0.51)])
+    st = [step(s, loss=loss) for s, loss in zip(span, ls)]
+    return Window(steps=st, evals=evals(vals=list(vals)),
+                  checkpoints=[ckpt(1000, val_loss=0.5), ckpt(2000, val_loss=0.51)])
 
 
 def test_overfit_cuts_the_lr_then_proposes_an_early_stop():

@@ -10,13 +10,26 @@ import pytest
 
 import policies
 from policies import AIMS, KINDS, Memory, Phase, PolicyConfig, Proposal, Window, propose
-from policies.table import ACTIVE, URGENCY, active, markdown
 from policies.signals import find_spike, is_stalled
+from policies.table import ACTIVE, URGENCY, active, markdown
 from trainer.control import parse_command
 
 from test_policies import (
-    NAN, PLATEAU, STALLED, _aligning, _gate, _grad_window, _nan_window, _overfit, _spike_window, _stable, ckpt, ev,
-    evals, noisy, step, steps,
+    NAN,
+    PLATEAU,
+    STALLED,
+    _aligning,
+    _gate,
+    _grad_window,
+    _nan_window,
+    _overfit,
+    _spike_window,
+    _stable,
+    ckpt,
+    ev,
+    evals,
+    noisy,
+    steps,
 )
 
 CFG = PolicyConfig()
@@ -77,8 +90,10 @@ def test_propose_orders_by_urgency_and_keeps_one_proposal_per_knob():
 
 
 def test_propose_keeps_compatible_proposals_and_drops_same_knob_ones():
-    p = lambda policy, severity, *actions: Proposal(policy=policy, kind="set_lr", reason="r", aim="loss", step=1,
-                                                     severity=severity, actions=actions)
+    def p(policy, severity, *actions):
+        return Proposal(policy=policy, kind="set_lr", reason="r", aim="loss", step=1, severity=severity,
+                        actions=actions)
+
     lr = {"kind": "set_lr", "factor": 0.5}
     clip = {"kind": "set_grad_clip", "value": 0.5}
     ga = {"kind": "set_guided_attention", "weight": 1.0}
@@ -155,7 +170,7 @@ def test_no_rollback_without_a_good_checkpoint_anywhere():
 def test_a_healthy_noisy_run_gets_no_proposals(seed):
     """A run that aligns and improves, with noise and outlier batches, in every phase."""
     n = 3000
-    losses = [l * (2.0 * math.exp(-i / 800) + 0.4) for i, l in
+    losses = [noise * (2.0 * math.exp(-i / 800) + 0.4) for i, noise in
               enumerate(noisy(n, sigma=0.2, seed=seed, outlier_every=53, outlier=4.0))]
     grads = noisy(n, level=0.6, sigma=0.4, seed=seed + 10, outlier_every=41, outlier=15.0)
     st = steps(losses, grads=grads, ga=0.0)

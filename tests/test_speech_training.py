@@ -60,9 +60,10 @@ def test_best_checkpoint_follows_speech_not_the_teacher_forced_loss():
         s = SpeechSummary(synthesized=10, utterances=8, spoken=round(score * 8), score=score, mcd_dtw=mcd,
                           stopped=10, premature=0, runaway=0, gate_missed_end=0, read=read, gate_fired=10,
                           duration_ratio=1.0, seconds=1.0)
-        return EvalRecord(step=1, wall_time=0.0, val_loss=val_loss, val_mel_loss=val_loss, val_mel_postnet_loss=val_loss,
-                          val_gate_loss=0.1, val_guided_attention_loss=0.0, diagonality=0.5, focus=0.5,
-                          aligned_fraction=0.5, gate_accuracy=0.9, speech=s, speech_score=score, mcd_dtw=mcd)
+        return EvalRecord(step=1, wall_time=0.0, val_loss=val_loss, val_mel_loss=val_loss,
+                          val_mel_postnet_loss=val_loss, val_gate_loss=0.1, val_guided_attention_loss=0.0,
+                          diagonality=0.5, focus=0.5, aligned_fraction=0.5, gate_accuracy=0.9, speech=s,
+                          speech_score=score, mcd_dtw=mcd)
 
     babbler = record(val_loss=1.50, score=0.0, read=0, mcd=5.1)  # lower teacher-forced loss, says nothing
     reader = record(val_loss=2.04, score=0.0, read=9, mcd=5.6)  # higher loss, its attention reads the text

@@ -17,8 +17,8 @@ from trainer.control import CheckpointRecord, CommandResult, EvalRecord, StepTel
 
 
 def step(n: int, loss: float = 1.0, finite: bool = True, t: float | None = None) -> StepTelemetry:
-    return StepTelemetry(step=n, epoch=0, wall_time=time.time() if t is None else t, lr=1e-3, loss=loss, mel_loss=loss / 2,
-                         mel_postnet_loss=loss / 2, gate_loss=0.1, guided_attention_loss=0.0,
+    return StepTelemetry(step=n, epoch=0, wall_time=time.time() if t is None else t, lr=1e-3, loss=loss,
+                         mel_loss=loss / 2, mel_postnet_loss=loss / 2, gate_loss=0.1, guided_attention_loss=0.0,
                          grad_norm=1.0 if finite else float("nan"), grad_clip=1.0, guided_attention_weight=0.0,
                          gate_pos_weight=5.0, step_seconds=1.0, skipped_steps=0, finite=finite)
 

@@ -22,14 +22,20 @@ from pathlib import Path
 
 import pytest
 
+from agent.bot_token import ENV_FILE_ENV, TOKEN_ENV, Redactor, bot_token
 from agent.config import SupervisorConfig, TelegramConfig
 from agent.journal import Journal
 from agent.notify import FloodGate, Relay, group_text, telegram_channel
 from agent.paths import journal_path
-from agent.bot_token import ENV_FILE_ENV, TOKEN_ENV, Redactor, bot_token
 from agent.views import decide
 from trainer.control import (
-    CommandResult, EvalRecord, Rollback, SetGatePosWeight, SetLearningRate, SpeechSummary, StepTelemetry,
+    CommandResult,
+    EvalRecord,
+    Rollback,
+    SetGatePosWeight,
+    SetLearningRate,
+    SpeechSummary,
+    StepTelemetry,
 )
 
 from conftest import fake_bot_token
@@ -241,7 +247,7 @@ def test_a_stranger_is_refused_and_audited(run_dir, standin, start_bot):
         start_bot()
         card = card_of(standin, pid)
         standin.inject_message(STRANGER, STRANGER, f"/approve {pid}")  # a private chat with the bot
-        standin.inject_message(CHAT, STRANGER, f"/pause")  # an allowed chat, not an allowed user
+        standin.inject_message(CHAT, STRANGER, "/pause")  # an allowed chat, not an allowed user
         standin.inject_press(CHAT, STRANGER, card["message_id"], f"decide:{pid}:approve")
         refusals = standin.wait_for(lambda: len([a for a in j.audit_log() if a.action == "refused"]) == 3 and
                                     [a for a in j.audit_log() if a.action == "refused"], what="3 refusals")
@@ -339,7 +345,8 @@ def _status_history_and_pause(run_dir, standin, start_bot):
         standin.inject_message(CHAT, USER, "/status")
         status = standin.wait_for(lambda: [m for m in standin.sent_to(CHAT) if "phase     aligning" in m["text"]],
                                   what="the /status reply")[0]["text"]
-        for number in (f"daemon    running (pid {os.getpid()}, since ", "step      20 / 120", "loss 1.0500", "lr 0.00025", "val loss 2.0625", "diagonality 0.438",
+        for number in (f"daemon    running (pid {os.getpid()}, since ", "step      20 / 120", "loss 1.0500",
+                       "lr 0.00025", "val loss 2.0625", "diagonality 0.438",
                        "accuracy 0.812", "1.00 steps/s", "ETA 1m 40s", "3 of 8 spoken (38%), MCD-DTW 2.88 dB",
                        "9 in range, 1 early, 0 runaway"):
             assert number in status, (number, status)

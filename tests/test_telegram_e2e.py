@@ -21,8 +21,8 @@ import pytest
 
 from agent.daemon import Daemon
 from agent.journal import Journal
-from agent.paths import journal_path
 from agent.notify import telegram_channel
+from agent.paths import journal_path
 
 from conftest import fake_bot_token, micro_config
 from telegram_standin import BotApiStandIn

@@ -13,12 +13,13 @@ from trainer.errors import UserError
 from trainer.text import (
     TextError,
     clean_text,
+    numbers,
+    numbers_ru,
     sequence_to_text,
     symbols_for,
     text_to_sequence,
     unknown_characters,
 )
-from trainer.text import numbers, numbers_ru
 from trainer.text.cleaners import english_cleaners, russian_cleaners, transliteration_cleaners
 
 EN = TextConfig()

@@ -51,8 +51,9 @@ class _PruneTrial:
 @pytest.mark.slow
 def test_a_tuning_round_forks_prunes_survives_a_killed_trial_and_the_run_continues_from_the_winner(
         espeak_dataset, tmp_path, monkeypatch, capsys):
-    import agent.tuner.study as study_module
     from optuna.pruners import BasePruner
+
+    import agent.tuner.study as study_module
 
     # Trial 0 (the current settings) is pruned, trial 2 killed: trial 1, with sampled
     # values, is the one that completes and wins, so "the run continues with the

@@ -280,6 +280,7 @@ def test_real_trainer_on_a_full_tmpfs_gives_up_at_once_with_one_line(espeak_data
     """End to end, as root where mount works: the real child fills a 400 KB run folder at
     its first checkpoint; the daemon does not restart it."""
     from agent.daemon import run_daemon
+
     from test_daemon import _config
 
     mnt = _small_tmpfs(tmp_path, "400k")

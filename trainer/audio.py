@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -152,7 +153,7 @@ def griffin_lim(
         magnitude = (magnitude / peak) ** power * peak
 
     window = torch.from_numpy(_window(key)).to(torch.float32)
-    stft_args = dict(
+    stft_args: dict[str, Any] = dict(
         n_fft=config.filter_length, hop_length=config.hop_length, win_length=config.filter_length,
         window=window, center=True,
     )

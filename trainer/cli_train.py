@@ -229,8 +229,9 @@ def demo_sample(config) -> dict:
                   for e in read_filelist(config.data.validation_files)[:config.eval.speech.max_utterances]]
         verdict = judge(name="sample", kind="probe", text=sentence, mel=result.mel, alignment=result.alignment,
                         gate_fired=result.stopped, expected_frames=ref_mel.shape[1], reference=ref_mel,
-                        cfg=config.eval.speech, limits=attention_limits(config.eval.speech, config.model.n_frames_per_step,
-                                                                        a.sampling_rate / a.hop_length),
+                        cfg=config.eval.speech,
+                        limits=attention_limits(config.eval.speech, config.model.n_frames_per_step,
+                                                a.sampling_rate / a.hop_length),
                         other_references=others)
         report.update(duration_ratio=verdict.duration_ratio, mcd_dtw=verdict.mcd_dtw, sample_spoken=verdict.spoken)
         line += (f"\n  against espeak-ng's recording of the sentence: {verdict.describe()} (two different "

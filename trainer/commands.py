@@ -11,8 +11,19 @@ from typing import TYPE_CHECKING
 
 from trainer.checkpoint import CheckpointError
 from trainer.control import (
-    ApplyHyperparameters, Command, CommandResult, ContinueFrom, Pause, Resume, Rollback, SaveCheckpoint, SetGatePosWeight,
-    SetGradClip, SetGuidedAttention, SetLearningRate, Stop,
+    ApplyHyperparameters,
+    Command,
+    CommandResult,
+    ContinueFrom,
+    Pause,
+    Resume,
+    Rollback,
+    SaveCheckpoint,
+    SetGatePosWeight,
+    SetGradClip,
+    SetGuidedAttention,
+    SetLearningRate,
+    Stop,
 )
 
 if TYPE_CHECKING:

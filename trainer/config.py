@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from trainer.errors import UserError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainer.errors import UserError
 
 
 class _Section(BaseModel):
@@ -161,6 +162,15 @@ class TrainConfig(_Section):
         return "off" if value is False else value
     cudnn_benchmark: bool = False
     torch_threads: int | None = Field(None, gt=0)
+    # CUDA only: replay the teacher-forced decoder loop from CUDA graphs (trainer/model/graphed.py),
+    # one per padded batch shape: decoder steps rounded up to cuda_graph_frame_bucket, text
+    # tokens up to cuda_graph_text_bucket. Each new shape costs a capture (a few eager steps)
+    # and keeps its gradients and outputs in GPU memory; past cuda_graph_max_shapes the
+    # eager loop runs. Ignored on CPU.
+    cuda_graphs: bool = False
+    cuda_graph_frame_bucket: int = Field(64, gt=0)
+    cuda_graph_text_bucket: int = Field(32, gt=0)
+    cuda_graph_max_shapes: int = Field(24, gt=0)
 
 
 class SpeechEvalConfig(_Section):

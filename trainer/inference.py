@@ -6,6 +6,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,6 @@ from trainer.config import RunConfig
 from trainer.model.tacotron2 import Tacotron2
 from trainer.plotting import save_alignment_png
 from trainer.text import TextError, symbols_for, text_to_sequence
-
 
 # Mel frames per text token when a checkpoint does not say (NVIDIA's): LJSpeech reads
 # about 15 characters a second, 86 frames a second at hop 256 and 22050 Hz.
@@ -89,7 +89,8 @@ def synthesize(model: Tacotron2, config: RunConfig, text: str, max_decoder_steps
     return Synthesis(mel, audio, alignment, stopped, expected, tuple(problems))
 
 
-def _judge(alignment: np.ndarray, stopped: bool, frames: int, expected: int, limit: int, config: RunConfig) -> list[str]:
+def _judge(alignment: np.ndarray, stopped: bool, frames: int, expected: int, limit: int,
+           config: RunConfig) -> list[str]:
     from trainer.speech.attention import attention_health
 
     a = config.audio
@@ -162,8 +163,8 @@ def speak(model: Tacotron2, config: RunConfig, text: str, max_decoder_steps: int
     parts = [text]
     if split and tokens > budget_tokens:
         parts = split_text(text, max(1, int(budget_tokens * len(text) / tokens)))
-    kwargs = dict(max_decoder_steps=limit, gate_threshold=gate_threshold, griffin_lim_iters=griffin_lim_iters,
-                  seed=seed, frames_per_token=frames_per_token)
+    kwargs: dict[str, Any] = dict(max_decoder_steps=limit, gate_threshold=gate_threshold,
+                                  griffin_lim_iters=griffin_lim_iters, seed=seed, frames_per_token=frames_per_token)
     if len(parts) == 1:
         return synthesize(model, config, parts[0], **kwargs)
     spoken = []

@@ -20,14 +20,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from trainer.callbacks import Callback
-from trainer.checkpoint import NVIDIA_KEYS, CheckpointError, CheckpointManager, load_checkpoint
+from trainer.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from trainer.commands import apply_command
 from trainer.config import RunConfig
 from trainer.control import CheckpointRecord, ControlPort, NullPort, StepTelemetry
-from trainer.errors import UserError
 from trainer.data.dataset import Batch, BucketBatchSampler, Collate, TextMelDataset
+from trainer.errors import UserError
 from trainer.evaluate import Evaluator
 from trainer.loss import LossWeights, tacotron2_loss
+from trainer.model.graphed import GraphedDecoder
 from trainer.model.tacotron2 import Tacotron2
 from trainer.redact import mask_urls
 from trainer.schedule import LRSchedule
@@ -115,6 +116,10 @@ class Trainer:
         if self.device.type != "cuda":
             self.amp_dtype = None  # AMP is a CUDA feature here; CPU runs stay in float32
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        t = config.train
+        self.graphed_decoder = GraphedDecoder(
+            self.model.decoder, t.cuda_graph_frame_bucket, t.cuda_graph_text_bucket, t.cuda_graph_max_shapes,
+        ) if t.cuda_graphs and self.device.type == "cuda" else None
 
         self.step = 0
         self.epoch = 0
@@ -200,7 +205,7 @@ class Trainer:
         # KB) so a non-finite batch cannot poison them either.
         buffers = [b.clone() for b in self.model.buffers()]
         with self.autocast():
-            out = self.model(batch.text, batch.text_lengths, batch.mel)
+            out = self.model(batch.text, batch.text_lengths, batch.mel, decoder=self.graphed_decoder)
         parts = tacotron2_loss(out, batch.mel, batch.gate, batch.mel_lengths, batch.text_lengths,
                                self.model.n_frames_per_step, self.loss_weights)
         self.optimizer.zero_grad(set_to_none=True)
@@ -252,7 +257,9 @@ class Trainer:
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        # CUDA graphs capture under autocast only with its weight-cast cache off (the decoder
+        # casts its LSTM weights once per pass itself, see CastLSTMCell).
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=self.graphed_decoder is None)
 
     # -- data position ------------------------------------------------------------------
     def next_batch(self) -> Batch:

@@ -108,7 +108,7 @@ class MlflowLogger(BaseCallback):
         self.flush_seconds = flush_seconds
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
-        self._client = None
+        self._client: Any = None  # an MlflowClient while a run is open
         self.run_id: str | None = None
         self._warned = False
 

@@ -15,7 +15,8 @@ from trainer.errors import UserError
 STORAGE_ENV = "SMART_TUNER_TUNER_STORAGE"
 
 
-def add_commands(sub: argparse._SubParsersAction, add_run_dir_options: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_commands(sub: argparse._SubParsersAction,
+                 add_run_dir_options: Callable[[argparse.ArgumentParser], None]) -> None:
     tu = sub.add_parser("tune", help="run (or resume) an Optuna study from scratch; writes the best config as YAML")
     tu.add_argument("--config", required=True, help="config file or shipped config name (default, tiny-cpu)")
     tu.add_argument("--trials", type=int, required=True, metavar="N", help="trials to run now (a resumed study adds N)")

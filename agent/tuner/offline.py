@@ -30,7 +30,13 @@ from agent.tuner.objective import Score
 from agent.tuner.rounds import NO_SAVES
 from agent.tuner.space import apply_to_config, config_values, describe
 from agent.tuner.study import (
-    TrialResult, dashboard_hint, enqueue_baseline, fail_stale_trials, open_storage, open_study, run_trials,
+    TrialResult,
+    dashboard_hint,
+    enqueue_baseline,
+    fail_stale_trials,
+    open_storage,
+    open_study,
+    run_trials,
 )
 from agent.tuner.trial_child import TrialSpec
 from trainer.config import RunConfig, parse_config

@@ -20,7 +20,14 @@ from typing import Any
 
 from agent.tuner.config import TunerConfig, tuning_dir
 from agent.tuner.study import (
-    RoundSummary, TrialHooks, best, enqueue_baseline, open_storage, open_study, pareto_front, run_trials,
+    RoundSummary,
+    TrialHooks,
+    best,
+    enqueue_baseline,
+    open_storage,
+    open_study,
+    pareto_front,
+    run_trials,
 )
 from agent.tuner.trial_child import TrialSpec
 

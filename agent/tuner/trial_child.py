@@ -110,8 +110,8 @@ def live_values(trainer: Any) -> dict[str, float]:
 
 def run(spec: TrialSpec, port: TrialPort) -> int:
     from trainer.callbacks import ConsoleProgress
-    from trainer.config import RunConfig
     from trainer.commands import apply_command
+    from trainer.config import RunConfig
     from trainer.control import ApplyHyperparameters
     from trainer.loop import Trainer
 

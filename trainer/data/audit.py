@@ -300,7 +300,8 @@ def _check_audio(entry: Entry, data: DataConfig, audio: AudioConfig) -> tuple[li
     seconds = info.frames / info.samplerate
     problems: list[Problem] = []
     if info.samplerate != audio.sampling_rate:
-        problems.append(problem("wrong_sample_rate", f"{path} is {info.samplerate} Hz, expected {audio.sampling_rate} Hz"))
+        problems.append(problem("wrong_sample_rate",
+                                f"{path} is {info.samplerate} Hz, expected {audio.sampling_rate} Hz"))
     if info.channels != 1:
         problems.append(problem("not_mono", f"{path} has {info.channels} channels"))
     if seconds > data.max_audio_seconds:
@@ -311,7 +312,8 @@ def _check_audio(entry: Entry, data: DataConfig, audio: AudioConfig) -> tuple[li
         y, sr = sf.read(str(path), dtype="float32", always_2d=False)
     except Exception as exc:
         reason = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
-        return problems + [problem("unreadable_file", f"{path}: header ok but audio cannot be decoded ({reason})")], None
+        unreadable = problem("unreadable_file", f"{path}: header ok but audio cannot be decoded ({reason})")
+        return problems + [unreadable], None
     peak = float(np.abs(y).max()) if y.size else 0.0
     if not np.isfinite(peak) or peak > 1.0:
         # Only float WAVs can do this; the trainer's load_wav rejects them.
@@ -342,7 +344,8 @@ def _check_text(entry: Entry, text_config: TextConfig, cache: dict[str, list[str
     if unknown:
         # Code points make invisible characters (no-break space, zero-width joiner) findable.
         shown = ", ".join(f"{c!r} (U+{ord(c):04X})" if len(c) == 1 else repr(c) for c in unknown)
-        return [Problem("unknown_characters", entry.filelist, entry.line, f"{shown} in {_snippet(entry.text, unknown)!r}")]
+        return [Problem("unknown_characters", entry.filelist, entry.line,
+                        f"{shown} in {_snippet(entry.text, unknown)!r}")]
     return []
 
 

@@ -95,7 +95,8 @@ class MelCache:
             reason = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
             raise DatasetError(
                 f"{entry.where}: cannot read audio {path} ({reason}); re-encode it with: ffmpeg -i in.x -ac 1 "
-                f"-ar {cfg.sampling_rate} -c:a pcm_s16le out.wav (or run 'smart-tuner data check' to list every problem)"
+                f"-ar {cfg.sampling_rate} -c:a pcm_s16le out.wav "
+                "(or run 'smart-tuner data check' to list every problem)"
             ) from None
         problems: list[str] = []
         fixes: list[str] = []

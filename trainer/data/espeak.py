@@ -118,7 +118,9 @@ def _text_config_for(voice: str):
 def _espeak_version(exe: str) -> str:
     try:
         run = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
-        return run.stdout.strip().splitlines()[0].split("  Data at")[0].strip() if run.stdout.strip() else "espeak-ng (version unknown)"
+        if not run.stdout.strip():
+            return "espeak-ng (version unknown)"
+        return run.stdout.strip().splitlines()[0].split("  Data at")[0].strip()
     except (OSError, subprocess.SubprocessError):
         return "espeak-ng (version unknown)"
 
@@ -286,7 +288,8 @@ def build_espeak_dataset(
             f" and only symbols of the {text_config.language!r} alphabet ({unspellable} more have other "
             "characters)" if unspellable else ""
         )
-        fixes = (["raise --max-chars"] if max_chars is not None else []) + (["lower --min-chars"] if min_chars > 1 else [])
+        fixes = ["raise --max-chars"] if max_chars is not None else []
+        fixes += ["lower --min-chars"] if min_chars > 1 else []
         fixes += ["lower --n"] + (["pass a longer --sentences file"] if sentences_file is not None else [])
         raise EspeakError(
             f"only {len(chosen)} of {len(sentences)} sentences in {source} have {bounds}{skipped}, "

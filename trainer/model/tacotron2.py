@@ -163,7 +163,8 @@ class Decoder(nn.Module):
         )
 
     def step(self, prenet_out: torch.Tensor, s: DecoderState, memory: torch.Tensor, processed_memory: torch.Tensor,
-             pad_mask: torch.Tensor | None, cells: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
+             pad_mask: torch.Tensor | None,
+             cells: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
         attention_rnn, decoder_rnn = cells or (self.attention_rnn, self.decoder_rnn)
         ah, ac = attention_rnn(torch.cat((prenet_out, s.attention_context), -1), (s.attention_hidden, s.attention_cell))
         ah = F.dropout(ah, self.p_attention_dropout, self.training)

@@ -87,8 +87,8 @@ class FreeRunningEvaluator:
         # Sorted by expected length: a batch stops when its longest member is done.
         self._order = sorted(range(len(self.targets)), key=lambda i: self.targets[i].expected_frames)
 
-    def run(self, model, step: int | None = None, autocast: Callable[[], contextlib.AbstractContextManager] | None = None
-            ) -> SpeechResult:
+    def run(self, model, step: int | None = None,
+            autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> SpeechResult:
         """Synthesize and judge every target; the caller seeds the RNG and sets eval mode."""
         started = time.perf_counter()
         device = next(model.parameters()).device
