@@ -167,7 +167,7 @@ class TrainConfig(_Section):
     # tokens up to cuda_graph_text_bucket. Each new shape costs a capture (a few eager steps)
     # and keeps its gradients and outputs in GPU memory; past cuda_graph_max_shapes the
     # eager loop runs. Ignored on CPU.
-    cuda_graphs: bool = False
+    cuda_graphs: bool = True
     cuda_graph_frame_bucket: int = Field(64, gt=0)
     cuda_graph_text_bucket: int = Field(32, gt=0)
     cuda_graph_max_shapes: int = Field(24, gt=0)

@@ -14,6 +14,7 @@ Differences from NVIDIA's implementation, all without changing the state_dict:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from torch.nn import functional as F
 
 from trainer.config import ModelConfig
 from trainer.model.layers import ConvNorm, LinearNorm, conv_bn
-from trainer.model.recurrent import DeferredLSTMCell, use_deferred_weight_grad
+from trainer.model.recurrent import CastLSTMCell, DeferredLSTMCell, use_deferred_weight_grad
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
@@ -156,15 +157,19 @@ class Decoder(nn.Module):
     def initial_state(self, memory: torch.Tensor) -> DecoderState:
         b, t, _ = memory.shape
         zeros = memory.new_zeros
+        # Attention weights and their running sum stay float32 even when the memory is
+        # bf16/fp16: the sum adds ~1/N per frame for hundreds of frames.
+        weights_dtype = torch.promote_types(memory.dtype, torch.float32)
         return DecoderState(
             zeros(b, self.attention_rnn_dim), zeros(b, self.attention_rnn_dim),
             zeros(b, self.decoder_rnn_dim), zeros(b, self.decoder_rnn_dim),
-            zeros(b, t), zeros(b, t), zeros(b, self.enc_dim),
+            zeros(b, t, dtype=weights_dtype), zeros(b, t, dtype=weights_dtype), zeros(b, self.enc_dim),
         )
 
-    def step(self, prenet_out: torch.Tensor, s: DecoderState, memory: torch.Tensor, processed_memory: torch.Tensor,
-             pad_mask: torch.Tensor | None,
-             cells: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
+    def step_features(self, prenet_out: torch.Tensor, s: DecoderState, memory: torch.Tensor,
+                      processed_memory: torch.Tensor, pad_mask: torch.Tensor | None, cells: tuple | None = None
+                      ) -> tuple[torch.Tensor, DecoderState]:
+        """One decoder step up to the projections' input: [B, decoder_rnn_dim + enc_dim]."""
         attention_rnn, decoder_rnn = cells or (self.attention_rnn, self.decoder_rnn)
         ah, ac = attention_rnn(torch.cat((prenet_out, s.attention_context), -1), (s.attention_hidden, s.attention_cell))
         ah = F.dropout(ah, self.p_attention_dropout, self.training)
@@ -172,9 +177,19 @@ class Decoder(nn.Module):
         context, weights = self.attention_layer(ah, memory, processed_memory, weights_cat, pad_mask)
         dh, dc = decoder_rnn(torch.cat((ah, context), -1), (s.decoder_hidden, s.decoder_cell))
         dh = F.dropout(dh, self.p_decoder_dropout, self.training)
-        out = torch.cat((dh, context), -1)
         new = DecoderState(ah, ac, dh, dc, weights, s.attention_weights_cum + weights, context)
-        return self.linear_projection(out), self.gate_layer(out).squeeze(-1), new
+        return torch.cat((dh, context), -1), new
+
+    def project(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder features [..., D] -> r frames [..., n_mels*r] and the gate logit [...]."""
+        return self.linear_projection(features), self.gate_layer(features).squeeze(-1)
+
+    def step(self, prenet_out: torch.Tensor, s: DecoderState, memory: torch.Tensor, processed_memory: torch.Tensor,
+             pad_mask: torch.Tensor | None, cells: tuple | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
+        features, new = self.step_features(prenet_out, s, memory, processed_memory, pad_mask, cells)
+        frames, gate = self.project(features)
+        return frames, gate, new
 
     def group_frames(self, mels: torch.Tensor) -> torch.Tensor:
         """[B, n_mels, T] (T a multiple of r) -> [B, T/r, n_mels*r], r frames per decoder step."""
@@ -189,22 +204,34 @@ class Decoder(nn.Module):
     def forward(self, memory: torch.Tensor, mels: torch.Tensor, text_lengths: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Teacher-forced decoding. Returns mel [B, n_mels, T], gate logits [B, T/r], alignments [B, T/r, N]."""
+        if torch.is_autocast_enabled(memory.device.type):
+            # Once here, not in every step: otherwise each step's attention bmm casts the
+            # whole memory again and keeps that copy for backward (a B x N x 512 tensor per frame).
+            memory = memory.to(torch.get_autocast_dtype(memory.device.type))
         steps_in = self.group_frames(mels)
         go = steps_in.new_zeros(steps_in.size(0), 1, steps_in.size(2))
         prenet_out = self.prenet(torch.cat((go, steps_in[:, :-1]), dim=1))
         processed_memory = self.attention_layer.memory_layer(memory)
         pad_mask = ~lengths_to_mask(text_lengths, memory.size(1))
         state = self.initial_state(memory)
-        cells = None
-        if self.deferred_weight_grad and use_deferred_weight_grad(memory):
-            cells = (DeferredLSTMCell(self.attention_rnn), DeferredLSTMCell(self.decoder_rnn))
-        outs, gates, aligns = [], [], []
+        cells = self._loop_cells(memory)
+        features, aligns = [], []
         for i in range(prenet_out.size(1)):
-            out, gate, state = self.step(prenet_out[:, i], state, memory, processed_memory, pad_mask, cells)
-            outs.append(out)
-            gates.append(gate)
+            feature, state = self.step_features(prenet_out[:, i], state, memory, processed_memory, pad_mask, cells)
+            features.append(feature)
             aligns.append(state.attention_weights)
-        return self.ungroup_frames(torch.stack(outs, 1)), torch.stack(gates, 1), torch.stack(aligns, 1)
+        # The projections need no recurrence: one GEMM over all steps instead of one per step.
+        frames, gates = self.project(torch.stack(features, 1))
+        return self.ungroup_frames(frames), gates, torch.stack(aligns, 1)
+
+    def _loop_cells(self, reference: torch.Tensor) -> tuple | None:
+        """The LSTM cells the teacher-forced loop runs (None: the modules themselves)."""
+        if self.deferred_weight_grad and use_deferred_weight_grad(reference):
+            return DeferredLSTMCell(self.attention_rnn), DeferredLSTMCell(self.decoder_rnn)
+        if reference.is_cuda and torch.is_autocast_enabled("cuda"):
+            dtype = torch.get_autocast_dtype("cuda")
+            return CastLSTMCell(self.attention_rnn, dtype), CastLSTMCell(self.decoder_rnn, dtype)
+        return None
 
     @torch.no_grad()
     def infer(self, memory: torch.Tensor, text_lengths: torch.Tensor, max_steps: int, gate_threshold: float
@@ -266,9 +293,12 @@ class Tacotron2(nn.Module):
     def encode(self, text: torch.Tensor, text_lengths: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.embedding(text).transpose(1, 2), text_lengths)
 
-    def forward(self, text: torch.Tensor, text_lengths: torch.Tensor, mels: torch.Tensor) -> TacotronOutput:
+    def forward(self, text: torch.Tensor, text_lengths: torch.Tensor, mels: torch.Tensor,
+                decoder: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+                ) -> TacotronOutput:
+        """Teacher-forced pass; ``decoder`` stands in for ``self.decoder`` (e.g. its CUDA-graph replay)."""
         memory = self.encode(text, text_lengths)
-        mel, gate, align = self.decoder(memory, mels, text_lengths)
+        mel, gate, align = (decoder or self.decoder)(memory, mels, text_lengths)
         return TacotronOutput(mel, mel + self.postnet(mel), gate, align)
 
     @torch.no_grad()
