@@ -207,9 +207,9 @@ def test_tune_takes_the_storage_from_dotenv_and_masks_it(espeak_dataset, tmp_pat
     real_open_storage = offline.open_storage
     stand_in = f"sqlite:///{tmp_path / 'study.db'}"
 
-    def open_storage(url, default_file):
+    def open_storage(url, default_file, cfg=None):
         given.append(url)
-        return real_open_storage(stand_in if url == storage else url, default_file)
+        return real_open_storage(stand_in if url == storage else url, default_file, cfg)
 
     monkeypatch.setattr(offline, "open_storage", open_storage)
     env_file = tmp_path / "dot.env"

@@ -122,6 +122,14 @@ class TunerConfig(_Section):
     # study name (None: the run folder's name). ``smart-tuner tune --storage`` overrides.
     storage: str | None = None
     study_name: str | None = None
+    # Database storages (an SQLAlchemy URL): every running trial beats this often; a trial
+    # whose worker stopped beating for heartbeat_grace_seconds (killed, machine lost) is
+    # failed by the next worker that asks for a trial, and re-queued with the same values
+    # up to max_retries times (Optuna's heartbeat and RetryFailedTrialCallback).
+    # 0 turns the heartbeat off. Journal files have no heartbeat (see fail_stale_trials).
+    heartbeat_seconds: int = Field(60, ge=0)
+    heartbeat_grace_seconds: int | None = Field(None, gt=0)  # None: 3 x heartbeat_seconds
+    max_retries: int = Field(2, ge=0)
 
     @property
     def sampler_kind(self) -> str:

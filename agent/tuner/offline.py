@@ -37,6 +37,7 @@ from agent.tuner.study import (
     open_storage,
     open_study,
     run_trials,
+    uses_heartbeat,
 )
 from agent.tuner.trial_child import TrialSpec
 from trainer.config import RunConfig, parse_config
@@ -116,15 +117,18 @@ def run_study(config: RunConfig, cfg: TunerConfig, *, trials: int, steps: int, s
     url = storage or cfg.storage
     default_file = folder / "optuna.journal"
     name = study_name or cfg.study_name or Path(config.run_dir).resolve().name
-    study = open_study(open_storage(url, default_file), name, cfg, steps)
-    stale = fail_stale_trials(study)
+    study, created = open_study(open_storage(url, default_file, cfg), name, cfg, steps)
+    # A database with a heartbeat fails (and re-queues) dead workers' trials itself, for
+    # every machine; without one, this machine's dead trials are failed here.
+    stale = [] if uses_heartbeat(url, cfg) else fail_stale_trials(study)
     if stale:
         out(f"trials {stale} were left running by a process that is gone; marked failed")
     before = len(study.get_trials(deepcopy=False))
     shown = mask_text(str(url or default_file))  # the real URL goes to Optuna only
     out(f"study {name!r} in {shown}: {before} earlier trial(s); running {trials} more of {steps} steps "
         f"({cfg.sampler_kind} sampler, {cfg.pruner_kind} pruner) on {socket.gethostname()}")
-    enqueue_baseline(study, config_values(config), cfg)
+    if created:
+        enqueue_baseline(study, config_values(config), cfg)
     tracker = TrialTracker(config.tracking, config.run_dir, log=out)
     parent = tracker.parent_run(f"study {name}", name)
 

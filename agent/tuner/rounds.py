@@ -62,8 +62,9 @@ def run_round(main_config: dict[str, Any], cfg: TunerConfig, base_checkpoint: st
     n_steps = steps or cfg.round.steps
     folder = tuning_dir(run_dir) / f"round-{round_id:04d}"
     storage = open_storage(None, tuning_dir(run_dir) / "optuna.journal")
-    study = open_study(storage, study_name(run_dir, round_id), cfg, n_steps)
-    enqueue_baseline(study, current, cfg)
+    study, created = open_study(storage, study_name(run_dir, round_id), cfg, n_steps)
+    if created:  # a round resumed after a daemon restart has its baseline already
+        enqueue_baseline(study, current, cfg)
     base = str(Path(base_checkpoint).resolve())
 
     def build(number: int, params: dict[str, float], baseline: bool) -> tuple[TrialSpec, Path]:

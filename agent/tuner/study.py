@@ -7,7 +7,10 @@ Storage: an embedded journal file by default (``JournalFileBackend``; several
 processes on one machine may share it, and ``optuna-dashboard FILE`` opens it), or any
 URL SQLAlchemy understands: ``sqlite:///study.db``, ``postgresql://user:pw@host/db``
 (then many machines can work one study; each runs ``smart-tuner tune`` with the same
-``--storage`` and ``--study-name``).
+storage and ``--study-name``). A database storage runs Optuna's heartbeat: a trial whose
+worker died is failed by the next worker that asks for a trial and re-queued
+(``RetryFailedTrialCallback``). Every trial runs through ``Study.optimize``, which keeps
+the heartbeat and tells Optuna the outcome.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+import structlog
+
 from agent.procs import proc_alive
 from agent.tuner.config import TunerConfig
 from agent.tuner.objective import Score, score
@@ -26,17 +31,52 @@ from agent.tuner.space import clamp, suggest
 from agent.tuner.trial_child import TrialSpec
 from agent.tuner.trial_runner import TrialOutcome, run_trial
 
+log = structlog.get_logger(__name__)
 
-def open_storage(url: str | None, default_file: Path) -> Any:
-    """An Optuna storage: the URL as given, a journal file path, or ``default_file``."""
+
+def open_storage(url: str | None, default_file: Path, cfg: TunerConfig | None = None) -> Any:
+    """An Optuna storage: a database URL, a journal file path, or ``default_file``."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     if url is not None and "://" in url:
-        return url  # RDB (SQLAlchemy URL): sqlite, postgresql, mysql
+        return database_storage(url, cfg or TunerConfig())
     path = Path(url) if url is not None else default_file
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def database_storage(url: str, cfg: TunerConfig) -> Any:
+    """``RDBStorage`` (sqlite, postgresql, mysql) with Optuna's heartbeat and retries."""
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from sqlalchemy.exc import DBAPIError
+    from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+    beat: dict[str, Any] = {}
+    if cfg.heartbeat_seconds:
+        beat = {"heartbeat_interval": cfg.heartbeat_seconds,
+                "grace_period": cfg.heartbeat_grace_seconds or 3 * cfg.heartbeat_seconds,
+                "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retries)}
+
+    # Workers that start together on a new database race to create Optuna's tables (one
+    # gets "already exists"); creating them again is harmless once the winner is done.
+    @retry(retry=retry_if_exception_type(DBAPIError), stop=stop_after_attempt(5),
+           wait=wait_exponential_jitter(initial=0.2, max=3.0), reraise=True)
+    def connect() -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat and its callback are "experimental"
+            # pool_pre_ping: a worker that waited hours on a trial finds its connection dropped.
+            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beat)
+
+    return connect()
+
+
+def uses_heartbeat(url: str | None, cfg: TunerConfig) -> bool:
+    """Does ``open_storage(url, ..., cfg)`` give a storage with Optuna's heartbeat?"""
+    return url is not None and "://" in url and cfg.heartbeat_seconds > 0
 
 
 def dashboard_hint(url: str | None, default_file: Path) -> str:
@@ -70,21 +110,28 @@ def make_pruner(cfg: TunerConfig, steps: int) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def open_study(storage: Any, name: str, cfg: TunerConfig, steps: int) -> Any:
-    """Create the study, or load it if it exists (a resumed study keeps its trials and numbering)."""
+def open_study(storage: Any, name: str, cfg: TunerConfig, steps: int) -> tuple[Any, bool]:
+    """Create the study, or load it if it exists (a resumed study keeps its trials and
+    numbering). Returns (study, created): of several workers starting one study at once,
+    exactly one creates it (the storage refuses a second study of that name)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     kwargs: dict[str, Any] = ({"directions": ["minimize", "minimize"]} if cfg.objective.multi_objective
                               else {"direction": "minimize"})
-    return optuna.create_study(storage=storage, study_name=name, sampler=make_sampler(cfg),
-                               pruner=make_pruner(cfg, steps), load_if_exists=True, **kwargs)
+    sampler, pruner = make_sampler(cfg), make_pruner(cfg, steps)
+    try:
+        return optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
+                                   load_if_exists=False, **kwargs), True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner), False
 
 
 def fail_stale_trials(study: Any) -> list[int]:
-    """Trials left RUNNING by a process of this machine that is gone (killed mid-study):
-    marked failed, so a resumed study does not count them as running. Trials of other
-    machines (a shared PostgreSQL study) are left alone."""
+    """Journal-file studies: trials left RUNNING by a process of this machine that is gone
+    (killed mid-study) are marked failed, so a resumed study does not count them as
+    running. (A journal file has no heartbeat; database storages use Optuna's, which
+    also covers other machines.)"""
     from optuna.trial import TrialState
 
     failed = []
@@ -99,13 +146,14 @@ def fail_stale_trials(study: Any) -> list[int]:
 
 
 def enqueue_baseline(study: Any, values: dict[str, float], cfg: TunerConfig) -> None:
-    """The current hyperparameters always run as one trial (the first of a new study).
+    """The current hyperparameters always run as one trial (the first of a new study):
+    call this only as the worker that created the study (see ``open_study``), so that
+    workers starting together enqueue it once.
 
     Its recorded params are the values pulled into the search ranges (Optuna re-samples
     an enqueued value outside its distribution); the trial itself runs with the values
     as they are, unchanged (``baseline`` user attribute)."""
-    if not study.get_trials(deepcopy=False):
-        study.enqueue_trial(clamp(values, cfg.space), user_attrs={"baseline": True})
+    study.enqueue_trial(clamp(values, cfg.space), user_attrs={"baseline": True})
 
 
 @dataclass
@@ -153,10 +201,23 @@ def run_trials(study: Any, n_trials: int, cfg: TunerConfig, build: SpecBuilder, 
     ``build(number, params, baseline)`` gives the trial's spec and folder. ``stop`` set:
     no new trials start (running ones finish).
     """
+    import optuna
+
     hooks = hooks or NoHooks()
     lock = threading.Lock()
     results: list[TrialResult] = []
     left = [n_trials]
+
+    def objective(trial: Any, device: str | None) -> Any:
+        result = _run_one(trial, cfg, build, hooks, device)
+        with lock:
+            results.append(result)
+        if result.state == "complete":
+            assert result.score is not None
+            return result.score.values(cfg.objective)
+        if result.state == "pruned":
+            raise optuna.TrialPruned(result.detail)
+        raise TrialFailed(result.detail)
 
     def slot(device: str | None) -> None:
         while True:
@@ -165,14 +226,12 @@ def run_trials(study: Any, n_trials: int, cfg: TunerConfig, build: SpecBuilder, 
                     return
                 left[0] -= 1
             try:
-                result = _run_one(study, cfg, build, hooks, device)
-            except Exception:  # noqa: BLE001 - Optuna or a hook broke: this trial is lost, the others go on
-                import traceback
-
-                traceback.print_exc()
-                continue
-            with lock:
-                results.append(result)
+                # One trial per call: Optuna asks it, beats its heartbeat (database
+                # storages), fails stale trials of dead workers first, and tells the outcome.
+                study.optimize(lambda trial: objective(trial, device), n_trials=1, catch=(TrialFailed,),
+                               gc_after_trial=False, show_progress_bar=False)
+            except Exception as exc:  # noqa: BLE001 - Optuna or a hook broke: this trial is lost, the others go on
+                log.warning("tuning trial lost", error=f"{type(exc).__name__}: {exc}")
 
     # Daemon threads (not a ThreadPoolExecutor, whose workers the interpreter joins at
     # exit): a daemon that is stopped must not wait for a round to finish.
@@ -185,10 +244,11 @@ def run_trials(study: Any, n_trials: int, cfg: TunerConfig, build: SpecBuilder, 
     return sorted(results, key=lambda r: r.number)
 
 
-def _run_one(study: Any, cfg: TunerConfig, build: SpecBuilder, hooks: TrialHooks, device: str | None) -> TrialResult:
-    from optuna.trial import TrialState
+class TrialFailed(Exception):
+    """A trial that ran and failed (diverged, crashed, no evaluation): Optuna records FAIL."""
 
-    trial = study.ask()
+
+def _run_one(trial: Any, cfg: TunerConfig, build: SpecBuilder, hooks: TrialHooks, device: str | None) -> TrialResult:
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
     params = suggest(trial, cfg.space)
@@ -218,17 +278,13 @@ def _run_one(study: Any, cfg: TunerConfig, build: SpecBuilder, hooks: TrialHooks
     result.score = s
     if diverged:
         result.state, result.detail = "failed", f"non-finite objective after {diverged[0]} steps (diverged)"
-        study.tell(trial, state=TrialState.FAIL)
     elif outcome.status == "complete" and s is not None and s.finite:
         result.state, result.detail = "complete", outcome.detail
-        study.tell(trial, s.values(cfg.objective))
     elif outcome.status == "pruned":
         result.state, result.detail = "pruned", outcome.detail
-        study.tell(trial, state=TrialState.PRUNED)
     else:
         result.state = "failed"
         result.detail = outcome.detail or "no evaluation"
-        study.tell(trial, state=TrialState.FAIL)
     hooks.finished(handle, result)
     return result
 
