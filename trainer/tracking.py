@@ -136,12 +136,10 @@ class MlflowLogger(BaseCallback):
         self._client = MlflowClient(tracking_uri=self.uri)
         self.run_id = trainer.extras.get("mlflow_run_id")
         if self.run_id is None:
-            exp = self._client.get_experiment_by_name(self.cfg.experiment_name)
             # With the default per-run store, artifacts live in the run folder too
             # (MLflow's default would be ./mlruns of whatever the current directory is).
             location = None if self.cfg.tracking_uri else (Path(trainer.run_dir) / "mlartifacts").resolve().as_uri()
-            exp_id = exp.experiment_id if exp else self._client.create_experiment(self.cfg.experiment_name,
-                                                                                 artifact_location=location)
+            exp_id = self._experiment_id(location)
             run = self._client.create_run(exp_id, run_name=self.cfg.run_name or Path(trainer.run_dir).name)
             self.run_id = run.info.run_id
             trainer.extras["mlflow_run_id"] = self.run_id
@@ -152,6 +150,23 @@ class MlflowLogger(BaseCallback):
             self._client.update_run(self.run_id, status="RUNNING")
         self._thread = threading.Thread(target=self._drain, name="mlflow-logger", daemon=True)
         self._thread.start()
+
+    def _experiment_id(self, location: str | None) -> str:
+        """The experiment's id, created if missing. Runs that start together on one
+        tracking server race to create it: the loser finds the winner's."""
+        from mlflow.exceptions import MlflowException
+
+        assert self._client is not None
+        exp = self._client.get_experiment_by_name(self.cfg.experiment_name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self._client.create_experiment(self.cfg.experiment_name, artifact_location=location)
+        except MlflowException as exc:
+            exp = self._client.get_experiment_by_name(self.cfg.experiment_name)
+            if exp is None:
+                raise exc from None
+            return exp.experiment_id
 
     def on_step(self, trainer: "Trainer", record: StepTelemetry) -> None:
         if self._client is None:
