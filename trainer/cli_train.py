@@ -80,8 +80,13 @@ def run_training(config, resume=False, warm_start=None, ignore_layers=(), mlflow
 
     It holds the run's train lock throughout: a run folder that another trainer trains,
     or that a live daemon supervises, is refused (UserError naming its pid)."""
+    from trainer import distributed
     from trainer.runlock import hold_train_lock
 
+    if config.train.nproc_per_node > 1 or config.train.rdzv_endpoint:
+        if not distributed.under_torchrun():
+            return _launch_torchrun(config)
+        return _train_one_rank(config, resume, warm_start, ignore_layers, mlflow)
     with hold_train_lock(config.run_dir):
         from trainer.callbacks import ConsoleProgress
         from trainer.loop import Trainer
@@ -97,6 +102,50 @@ def run_training(config, resume=False, warm_start=None, ignore_layers=(), mlflow
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: trainer.request_stop(signal.Signals(signum).name))
         return trainer.train()
+
+
+def _launch_torchrun(config) -> str:
+    """Run this same command under torchrun, holding the run's train lock meanwhile; a
+    SIGTERM/SIGINT here goes to torchrun, which passes it to every process."""
+    import subprocess
+
+    from trainer import distributed
+    from trainer.runlock import hold_train_lock
+
+    t = config.train
+    argv = distributed.torchrun_argv(t.nproc_per_node, t.nnodes, t.node_rank, t.rdzv_endpoint, "agent.cli",
+                                     sys.argv[1:])
+    with hold_train_lock(config.run_dir):
+        print(f"data-parallel: {t.nproc_per_node} process(es) per machine under torchrun; each trains on "
+              f"1/N of every batch of {config.data.batch_size} (the effective batch)", flush=True)
+        proc = subprocess.Popen(argv)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: proc.send_signal(signum))
+        code = proc.wait()
+    if code != 0:
+        raise UserError(f"torchrun ended with exit status {code}; each process's error is above")
+    return "torchrun"
+
+
+def _train_one_rank(config, resume, warm_start, ignore_layers, mlflow) -> str:
+    """One process of a torchrun group (the launcher holds the run's train lock)."""
+    from trainer import distributed
+    from trainer.callbacks import ConsoleProgress
+    from trainer.loop import Trainer
+
+    callbacks: list = [ConsoleProgress(config.train.log_every)]
+    if mlflow and config.tracking.enabled:
+        from trainer.tracking import MlflowLogger
+
+        callbacks.append(MlflowLogger(config.tracking, config.run_dir))
+    try:
+        trainer = Trainer(config, callbacks=callbacks, resume=resume, warm_start=warm_start,
+                          ignore_layers=ignore_layers)  # rank > 0 drops the callbacks itself
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: trainer.request_stop(signal.Signals(signum).name))
+        return trainer.train()
+    finally:
+        distributed.leave()
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -171,6 +171,16 @@ class TrainConfig(_Section):
     cuda_graph_frame_bucket: int = Field(64, gt=0)
     cuda_graph_text_bucket: int = Field(32, gt=0)
     cuda_graph_max_shapes: int = Field(24, gt=0)
+    # Data-parallel training (trainer/distributed.py): this many processes per machine under
+    # torchrun (one per GPU; gloo on CPU), each taking data.batch_size / processes of every
+    # batch. Several machines: nnodes (torchrun's --nnodes, e.g. "2"), the same
+    # rdzv_endpoint (host:port) on all, node_rank optional. CUDA graphs stay off with DDP.
+    nproc_per_node: int = Field(1, ge=1)
+    nnodes: str = "1"
+    node_rank: int | None = Field(None, ge=0)
+    rdzv_endpoint: str | None = None
+    # How long a process waits for the others at a collective (rank 0 evaluating, a lost rank).
+    dist_timeout_seconds: float = Field(1800.0, gt=0)
 
 
 class SpeechEvalConfig(_Section):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from trainer import distributed
 from trainer.callbacks import Callback
 from trainer.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from trainer.commands import apply_command
@@ -97,6 +98,18 @@ class Trainer:
         self.port = port or NullPort()
         self.callbacks = list(callbacks)
         self.device = pick_device(config.train.device)
+        # Several processes under torchrun: rank 0 alone talks to the port, evaluates,
+        # saves and reports (the others get no port and no callbacks); see trainer/distributed.py.
+        self.group = distributed.join(self.device.type, config.train.dist_timeout_seconds)
+        if self.group is not None:
+            if config.data.batch_size % self.group.world:
+                raise UserError(f"data.batch_size {config.data.batch_size} is not a multiple of the "
+                                f"{self.group.world} training processes: each takes an equal part of every batch")
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.group.local_rank)
+                self.device = torch.device("cuda", self.group.local_rank)
+            if not self.group.is_main:
+                self.port, self.callbacks = NullPort(), []
         if config.train.torch_threads:
             torch.set_num_threads(config.train.torch_threads)
         torch.backends.cudnn.benchmark = config.train.cudnn_benchmark
@@ -106,6 +119,10 @@ class Trainer:
         seed_everything(config.train.seed)
 
         self.model = Tacotron2(config.model, len(symbols_for(config.text)), config.audio.n_mel_channels).to(self.device)
+        # DDP averages the gradients over the processes; checkpoints keep saving self.model
+        # (NVIDIA's key names, no "module." prefix).
+        self.ddp = None if self.group is None else torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.group.local_rank] if self.device.type == "cuda" else None)
         o = config.optim
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.learning_rate, eps=o.adam_eps,
                                           weight_decay=o.weight_decay, fused=self.device.type == "cuda")
@@ -119,7 +136,7 @@ class Trainer:
         t = config.train
         self.graphed_decoder = GraphedDecoder(
             self.model.decoder, t.cuda_graph_frame_bucket, t.cuda_graph_text_bucket, t.cuda_graph_max_shapes,
-        ) if t.cuda_graphs and self.device.type == "cuda" else None
+        ) if t.cuda_graphs and self.device.type == "cuda" and self.group is None else None  # DDP: eager
 
         self.step = 0
         self.epoch = 0
@@ -159,6 +176,9 @@ class Trainer:
             self.warm_start(warm_start, ignore_layers)
         if resume:
             self.resume(None if resume is True else resume)
+        if self.group is not None:
+            # Each process its own dropout masks (a checkpoint restores rank 0's generator).
+            torch.manual_seed(config.train.seed + 1_000_003 * self.group.rank + self.step)
 
     # -- the loop -----------------------------------------------------------------------
     def train(self) -> str:
@@ -168,8 +188,10 @@ class Trainer:
         self._started = time.time()
         if self.step >= self.config.train.max_steps:
             self.request_stop("max_steps")
-        while self.stop_reason is None:
-            self.apply_commands()
+        while True:
+            self.apply_commands()  # with several processes: also every rank learns rank 0's stop
+            if self.stop_reason is not None:
+                break
             if self.paused:
                 time.sleep(PAUSE_POLL_SECONDS)
                 continue
@@ -177,17 +199,23 @@ class Trainer:
             self.port.emit_step(record)
             self._notify("on_step", self, record)
             self.after_step()
-        if self._last_saved_step != self.step:
+        if self._last_saved_step != self.step and self.is_main:
             self.save_checkpoint("final")
         self._notify("on_train_end", self, self.stop_reason)
         self.port.close()
         return self.stop_reason
 
+    @property
+    def is_main(self) -> bool:
+        """The process that evaluates, saves and reports (the only one without torchrun)."""
+        return self.group is None or self.group.is_main
+
     def after_step(self) -> None:
         cfg = self.config
-        if self.step % cfg.eval.every_steps == 0:
+        if self.step % cfg.eval.every_steps == 0 and self.is_main:
             self.evaluate()
-        if self.step % cfg.checkpoint.every_steps == 0 and self._last_saved_step != self.step:
+        if (self.step % cfg.checkpoint.every_steps == 0 and self._last_saved_step != self.step
+                and self.is_main):
             self.save_checkpoint("periodic")
         if self.step >= cfg.train.max_steps:
             self.request_stop("max_steps")
@@ -205,12 +233,14 @@ class Trainer:
         # KB) so a non-finite batch cannot poison them either.
         buffers = [b.clone() for b in self.model.buffers()]
         with self.autocast():
-            out = self.model(batch.text, batch.text_lengths, batch.mel, decoder=self.graphed_decoder)
+            out = (self.ddp or self.model)(batch.text, batch.text_lengths, batch.mel, decoder=self.graphed_decoder)
         parts = tacotron2_loss(out, batch.mel, batch.gate, batch.mel_lengths, batch.text_lengths,
                                self.model.n_frames_per_step, self.loss_weights)
         self.optimizer.zero_grad(set_to_none=True)
         grad_norm = torch.tensor(float("nan"))
-        finite = bool(torch.isfinite(parts.total))
+        # Every process must take the same branch (DDP's backward is collective): a
+        # non-finite loss on any of them skips the step on all.
+        finite = bool(torch.isfinite(distributed.mean_over_ranks(parts.total.detach(), self.group)))
         backward_done = finite
         overflow = False
         if finite:
@@ -236,9 +266,9 @@ class Trainer:
             # A non-finite loss never reached the scaler (no backward): nothing to update.
             self.scaler.update()
         self.step += 1
-        values = torch.stack([parts.total.detach(), parts.mel.detach(), parts.mel_postnet.detach(),
-                              parts.gate.detach(), parts.guided_attention.detach(),
-                              grad_norm.detach().float().to(parts.total.device)]).tolist()
+        values = distributed.mean_over_ranks(torch.stack([  # the global batch's losses
+            parts.total.detach(), parts.mel.detach(), parts.mel_postnet.detach(), parts.gate.detach(),
+            parts.guided_attention.detach(), grad_norm.detach().float().to(parts.total.device)]), self.group).tolist()
         return StepTelemetry(
             step=self.step, epoch=self.epoch, wall_time=time.time(), lr=lr, loss=values[0], mel_loss=values[1],
             mel_postnet_loss=values[2], gate_loss=values[3], guided_attention_loss=values[4], grad_norm=values[5],
@@ -271,7 +301,9 @@ class Trainer:
         """Batches from the current (epoch, batch_in_epoch) on; the position counts consumed batches."""
         workers = self.config.data.num_workers
         while True:
-            remaining = self.sampler.epoch_batches(self.epoch)[self.batch_in_epoch:]
+            # Under torchrun each process takes its slice of every global batch.
+            remaining = [distributed.shard(b, self.group)
+                         for b in self.sampler.epoch_batches(self.epoch)[self.batch_in_epoch:]]
             loader = DataLoader(self.train_set, batch_sampler=remaining, collate_fn=self.collate,
                                 num_workers=workers, pin_memory=self.device.type == "cuda",
                                 # Its own generator: creating a loader must not draw from the
@@ -300,11 +332,18 @@ class Trainer:
 
     # -- commands, evaluation, checkpoints ------------------------------------------
     def apply_commands(self) -> None:
-        for command in self.port.poll():
+        commands = self.port.poll() if self.is_main else []
+        if self.group is not None:
+            # Rank 0 read the port: every process applies its commands before the same step,
+            # and stops when it stops (a time limit or a signal seen by rank 0 first).
+            commands, stop = distributed.broadcast_from_main((list(commands), self.stop_reason), self.group)
+            self.stop_reason = stop
+        for command in commands:
             result = apply_command(self, command)
             while len(self.applied_commands) > APPLIED_COMMANDS_KEPT:
                 self.applied_commands.popitem(last=False)
-            self.port.acknowledge(result)
+            if self.is_main:
+                self.port.acknowledge(result)
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -375,6 +414,8 @@ class Trainer:
         }
 
     def save_checkpoint(self, reason: str, best: bool = False) -> Path:
+        if not self.is_main:  # one writer: rank 0 (a save command reaches every rank)
+            return self.checkpoints.directory
         finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
         path = self.checkpoints.save(self.checkpoint_payload(), self.step, best=best)
         self._last_saved_step = self.step
