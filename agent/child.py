@@ -136,6 +136,10 @@ def _train(config_path: str, state: dict[str, Any]) -> int:
 
     config = load_config(config_path)
     state["run_dir"] = config.run_dir
+    if int(os.environ.get("RANK", "0")) > 0:
+        # One of several torchrun processes, not the first: rank 0 holds the lock, talks to
+        # the journal and reports; this one only trains (trainer/distributed.py).
+        return _train_other_rank(config, state)
     # One trainer per run: a `smart-tuner train` on this folder is refused while this
     # child lives (and this child is refused while one trains it). Held until exit.
     state["lock"] = hold_train_lock(config.run_dir, supervised=True)
@@ -169,6 +173,24 @@ def _train(config_path: str, state: dict[str, Any]) -> int:
         return EXIT_OK
     finally:
         port.close()
+        from trainer import distributed
+
+        distributed.leave()
+
+
+def _train_other_rank(config: Any, state: dict[str, Any]) -> int:
+    from trainer import distributed
+    from trainer.loop import Trainer
+
+    try:
+        trainer = Trainer(config, resume=True)
+        state["trainer"] = trainer
+        if state["stop"] is not None:  # signalled while starting: rank 0 does the same
+            return EXIT_OK
+        trainer.train()
+        return EXIT_OK
+    finally:
+        distributed.leave()
 
 
 def announce_stop(port: Any, reason: str, step: int) -> None:

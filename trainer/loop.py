@@ -335,9 +335,10 @@ class Trainer:
         commands = self.port.poll() if self.is_main else []
         if self.group is not None:
             # Rank 0 read the port: every process applies its commands before the same step,
-            # and stops when it stops (a time limit or a signal seen by rank 0 first).
-            commands, stop = distributed.broadcast_from_main((list(commands), self.stop_reason), self.group)
-            self.stop_reason = stop
+            # stops when it stops (a time limit or a signal seen by rank 0 first) and is
+            # paused when it is (a supervised run can start paused).
+            commands, self.stop_reason, self.paused = distributed.broadcast_from_main(
+                (list(commands), self.stop_reason, self.paused), self.group)
         for command in commands:
             result = apply_command(self, command)
             while len(self.applied_commands) > APPLIED_COMMANDS_KEPT:
