@@ -104,6 +104,14 @@ def _inside(path: str, folder: Any) -> bool:
         return False
 
 
+def daemon_child_pid() -> int:
+    """The pid the daemon started: this process, or under torchrun (several training
+    processes) the torchrun process whose worker this is."""
+    from trainer.distributed import under_torchrun
+
+    return os.getppid() if under_torchrun() else os.getpid()
+
+
 def report_failure(state: dict[str, Any], err: StorageError) -> None:
     """Tell the daemon (journal state ``child_status``: status ``failed``, reason ``disk_full``
     or ``unwritable``, the one-line message) that this failure cannot heal by a restart.
@@ -120,7 +128,7 @@ def report_failure(state: dict[str, Any], err: StorageError) -> None:
             return
         trainer = state.get("trainer")
         with Journal(path) as journal:
-            journal.set_state(STATUS_KEY, {"pid": os.getpid(), "status": "failed", "reason": err.reason,
+            journal.set_state(STATUS_KEY, {"pid": daemon_child_pid(), "status": "failed", "reason": err.reason,
                                            "message": str(err), "step": getattr(trainer, "step", None),
                                            "at": time.time()})
     except Exception:  # noqa: BLE001 - the error line on stderr still says it
@@ -195,7 +203,7 @@ def _train_other_rank(config: Any, state: dict[str, Any]) -> int:
 
 def announce_stop(port: Any, reason: str, step: int) -> None:
     """Tell the daemon (journal state) that the loop ended, why, and that the exit is under way."""
-    port.journal.set_state(STATUS_KEY, {"pid": os.getpid(), "status": "stopping", "reason": reason,
+    port.journal.set_state(STATUS_KEY, {"pid": daemon_child_pid(), "status": "stopping", "reason": reason,
                                         "step": step, "at": time.time()})
 
 

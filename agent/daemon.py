@@ -77,6 +77,7 @@ from agent.paths import child_config_path, journal_path, trainer_log_path
 from agent.procs import describe_exit, proc_alive
 from trainer import runlock
 from trainer.config import RunConfig
+from trainer.distributed import torchrun_argv
 from trainer.errors import UserError
 from trainer.fsutil import UNHEALABLE_REASONS, StorageError, atomic_write, check_writable, storage_error
 from trainer.redact import mask_urls
@@ -686,7 +687,13 @@ class Daemon:
     def _command(self) -> list[str]:
         if self.child_command is not None:
             return self.child_command
-        return [sys.executable, "-m", CHILD_MODULE, "--config", str(self.config_path)]
+        args = ["--config", str(self.config_path)]
+        t = self.config.train
+        if t.nproc_per_node > 1 or t.rdzv_endpoint:
+            # Several training processes: torchrun is the child, and the group is one trainer
+            # (signals go to its process group; any rank failing ends torchrun).
+            return torchrun_argv(t.nproc_per_node, t.nnodes, t.node_rank, t.rdzv_endpoint, CHILD_MODULE, args)
+        return [sys.executable, "-m", CHILD_MODULE, *args]
 
     def _launch(self, restart_detail: str | None) -> None:
         assert self.journal is not None and self._probe is not None

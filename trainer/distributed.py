@@ -23,10 +23,13 @@ import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions: the daemon builds torchrun's command line from
+# this module and does not import torch.
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ def under_torchrun() -> bool:
 
 def join(device_type: str, timeout_seconds: float) -> Group | None:
     """Join the process group torchrun set up (None when this is a single process)."""
+    import torch.distributed as dist
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
@@ -56,6 +61,8 @@ def join(device_type: str, timeout_seconds: float) -> Group | None:
 
 
 def leave() -> None:
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -67,6 +74,8 @@ def shard(batch: list[int], group: Group | None) -> list[int]:
 
 def broadcast_from_main(value: Any, group: Group | None) -> Any:
     """Rank 0's ``value`` on every rank (picklable objects; a few hundred bytes a step)."""
+    import torch.distributed as dist
+
     if group is None:
         return value
     box = [value if group.is_main else None]
@@ -74,8 +83,10 @@ def broadcast_from_main(value: Any, group: Group | None) -> Any:
     return box[0]
 
 
-def mean_over_ranks(values: torch.Tensor, group: Group | None) -> torch.Tensor:
+def mean_over_ranks(values: "torch.Tensor", group: Group | None) -> "torch.Tensor":
     """The mean of a tensor over all ranks (telemetry of the global batch)."""
+    import torch.distributed as dist
+
     if group is None:
         return values
     out = values.detach().clone()
