@@ -130,3 +130,59 @@ def test_batch_size_must_split_evenly(espeak_dataset, tmp_path, monkeypatch):
                         lambda device, timeout: __import__("trainer.distributed", fromlist=["Group"]).Group(0, 3, 0))
     with pytest.raises(UserError, match="not a multiple of the 3 training processes"):
         Trainer(micro_config(espeak_dataset, tmp_path / "run", data__batch_size=4))
+
+
+def _rank_pid(root: int, rank: int) -> int | None:
+    """The pid of torchrun worker ``rank`` under process ``root`` (its RANK in /proc/PID/environ)."""
+    todo, seen = [root], set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid != pid:
+                    continue
+                todo.append(int(entry.name))
+                env = (entry / "environ").read_bytes().split(b"\0")
+            except (OSError, IndexError, ValueError):
+                continue
+            if f"RANK={rank}".encode() in env and b"LOCAL_RANK=" + str(rank).encode() in env:
+                return int(entry.name)
+    return None
+
+
+@pytest.mark.slow
+def test_sigkill_of_rank_1_under_the_daemon_restarts_the_group_and_resumes(espeak_dataset, tmp_path):
+    from agent.daemon import child_pid_path
+    from agent.paths import trainer_log_path
+
+    from conftest import wait_until
+    from test_daemon import _config, _daemon_audit, _daemon_script, _max_step
+
+    run = tmp_path / "run"
+    cfg = _config(espeak_dataset, run, max_steps=40, checkpoint__every_steps=4, eval__every_steps=1000,
+                  data__batch_size=4, train__nproc_per_node=2)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    daemon = subprocess.Popen([sys.executable, str(_daemon_script(tmp_path, config_path))],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=_env())
+    try:
+        wait_until(lambda: (_max_step(run) or 0) >= 5, 240, "the 2-process group to train 5 steps", every=0.5)
+        torchrun = json.loads(child_pid_path(run).read_text())["pid"]
+        victim = wait_until(lambda: _rank_pid(torchrun, 1), 30, "rank 1's process")
+        os.kill(victim, 9)
+        assert daemon.wait(timeout=600) == 0, trainer_log_path(run).read_text()[-4000:]
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    audit = _daemon_audit(run)
+    assert audit[:2] == ["started", "crashed"] and audit[-2:] == ["restarted", "finished"], audit
+    log = trainer_log_path(run).read_text()
+    assert "resumed from" in log
+    assert _max_step(run) == 40
