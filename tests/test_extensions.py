@@ -93,6 +93,19 @@ def test_installed_metric_settings_are_validated(installed):
     assert error["loc"] == ("metrics", "mel_levle") and "known: mel_level" in error["msg"]
 
 
+def test_a_broken_installed_rule_is_one_error_naming_it(tmp_path, monkeypatch):
+    dist = tmp_path / "broken_rules-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-rules\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[smart_tuner.rules]\nbroken = no_such_module_here:rule\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValidationError) as caught:
+        SupervisorConfig.model_validate({"policies": {}})
+    (error,) = caught.value.errors()
+    assert error["loc"] == ("policies", "custom_rules") and "'broken'" in error["msg"]
+    assert "No module named 'no_such_module_here'" in error["msg"]
+
+
 def test_a_checkpoint_loads_without_the_metrics_it_was_measured_with():
     saved = {"eval": {"every_steps": 7, "custom_metrics": ["gone_pkg:metric"], "metrics": {"gone": {"x": 1}}}}
     with pytest.raises(ValidationError):

@@ -48,7 +48,14 @@ def import_object(path: str) -> Any:
 @functools.lru_cache(maxsize=8)
 def _installed(group: str, search_path: tuple[str, ...]) -> tuple[tuple[str, str, Any], ...]:
     # Keyed by sys.path as well: a package put on the path later is found then.
-    return tuple((ep.name, ep.value, ep.load()) for ep in entry_points(group=group))
+    found = []
+    for ep in entry_points(group=group):
+        try:
+            found.append((ep.name, ep.value, ep.load()))
+        except Exception as exc:  # someone else's code: say which package broke, in one line
+            raise ValueError(f"the installed {group} entry point {ep.name!r} ({ep.value}) does not load: "
+                             f"{type(exc).__name__}: {exc}") from None
+    return tuple(found)
 
 
 def installed(group: str) -> list[tuple[str, str, Any]]:
