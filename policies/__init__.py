@@ -2,14 +2,17 @@
 
 No I/O, no torch, no clocks: every function here is a function of its arguments,
 so the supervisor can replay a journal through it and tests can feed it numbers.
-Imports only the standard library, pydantic and ``trainer.control``.
+Imports only the standard library, pydantic, ``trainer.control`` and ``trainer.plugins``
+(and the custom rules a user installs, see ``policies.custom``).
 """
 
 from __future__ import annotations
 
 from policies.config import PolicyConfig
+from policies.custom import CustomRule
 from policies.phases import Phase
 from policies.rules import RULES
+from policies.settings import RuleSettings
 from policies.signals import (
     is_aligned,
     is_collapsed,
@@ -48,7 +51,8 @@ def _resolve(proposals: list[Proposal]) -> list[Proposal]:
 
 def propose(phase: Phase | str, window: Window, memory: Memory | None = None,
             cfg: PolicyConfig | None = None) -> list[Proposal]:
-    """Run the policies active in ``phase``; most urgent proposal first, at most one per knob."""
+    """Run the policies active in ``phase``, built-in and custom; most urgent proposal first,
+    at most one per knob."""
     phase = Phase(phase)
     memory = memory if memory is not None else Memory()
     cfg = cfg if cfg is not None else PolicyConfig()
@@ -56,10 +60,15 @@ def propose(phase: Phase | str, window: Window, memory: Memory | None = None,
     for name in active(phase):
         if cfg.policy(name).enabled:
             out.extend(RULES[name](phase, window, memory, cfg))
+    for name, rule in cfg.loaded_custom_rules().items():
+        settings = cfg.policy(name)
+        if phase in rule.phases and settings.enabled:
+            out.extend(rule.run(phase, window, memory, settings))
     return _resolve(out)
 
 
 __all__ = [
-    "ACTIVE", "AIMS", "KINDS", "Memory", "Phase", "PolicyConfig", "Proposal", "RULES", "URGENCY", "Window", "active",
+    "ACTIVE", "AIMS", "KINDS", "CustomRule", "Memory", "Phase", "PolicyConfig", "Proposal", "RULES", "RuleSettings",
+    "URGENCY", "Window", "active",
     "is_aligned", "is_collapsed", "is_diverging", "is_healthy", "is_plateau", "is_stalled", "propose", "warmup_done",
 ]

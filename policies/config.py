@@ -8,17 +8,14 @@ an evaluation every ``eval.every_steps`` (1000 by default, 100 in ``tiny-cpu``),
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Any
 
+from pydantic import Field, SerializeAsAny, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-class _Section(BaseModel):
-    # A misspelt threshold is a user error, not something to ignore silently.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class _Policy(_Section):
-    # Lets a user switch one rule off without touching the phase table.
-    enabled: bool = True
+from policies.custom import CustomRule, load_custom_rules
+from policies.settings import RuleSettings, Section as _Section
+from trainer.plugins import validate_section
 
 
 class AlignedConfig(_Section):
@@ -50,7 +47,7 @@ class DivergingConfig(_Section):
     val_loss_ratio: float = Field(1.5, gt=1)
 
 
-class NonFiniteConfig(_Policy):
+class NonFiniteConfig(RuleSettings):
     # Non-finite steps (in the window, since the rule last fired) that trigger it.
     # 1 = roll back at once. The trainer already skips non-finite updates, so a
     # user who sees isolated bad batches may raise this to tolerate them.
@@ -62,7 +59,7 @@ class NonFiniteConfig(_Policy):
     pause_after_steps: int = Field(3, ge=1)
 
 
-class LossSpikeConfig(_Policy):
+class LossSpikeConfig(RuleSettings):
     # Baseline: median of the last ``baseline_steps`` finite steps before the spike.
     # The median ignores the odd long-utterance batch; 50 steps is a few minutes on GPU.
     baseline_steps: int = Field(50, ge=5)
@@ -78,7 +75,7 @@ class LossSpikeConfig(_Policy):
     repeat_lr_factor: float = Field(0.5, gt=0, lt=1)
 
 
-class GradRunawayConfig(_Policy):
+class GradRunawayConfig(RuleSettings):
     # Median grad norm of the newest ``recent_steps`` vs the ``baseline_steps`` before.
     recent_steps: int = Field(20, ge=3)
     baseline_steps: int = Field(200, ge=10)
@@ -95,7 +92,7 @@ class GradRunawayConfig(_Policy):
     cooldown_steps: int = Field(100, ge=1)
 
 
-class AlignmentStallConfig(_Policy):
+class AlignmentStallConfig(RuleSettings):
     # Stalled: the best diagonality of the newest ``evals`` evaluations beats the one
     # before them by less than ``min_gain``. Tacotron2 sits at ~0.2-0.4 for a while,
     # then snaps to > 0.8 within a few evaluations; three flat ones mean it is stuck.
@@ -118,7 +115,7 @@ class AlignmentStallConfig(_Policy):
     lr_factor: float = Field(0.5, gt=0, lt=1)
 
 
-class AttentionDecayConfig(_Policy):
+class AttentionDecayConfig(RuleSettings):
     # Once aligned, guided attention has done its job and biases the model toward a
     # strictly linear alignment; decay it by ``factor`` per evaluation while the
     # diagonality holds within ``hold_tolerance`` of its best, to 0 below ``zero_below``.
@@ -134,7 +131,7 @@ class AttentionDecayConfig(_Policy):
     after_collapse_evals: int = Field(2, ge=1)
 
 
-class AttentionCollapseConfig(_Policy):
+class AttentionCollapseConfig(RuleSettings):
     # Collapse: diagonality more than ``drop`` below the best seen while stable.
     drop: float = Field(0.15, gt=0, lt=1)
     # First collapsed evaluation: restore the guided-attention weight (if lower).
@@ -144,7 +141,7 @@ class AttentionCollapseConfig(_Policy):
     persist_evals: int = Field(2, ge=1)
 
 
-class GateConfig(_Policy):
+class GateConfig(RuleSettings):
     # Free-running evaluation tells the gate's two failures apart (policies.signals.
     # find_gate_trouble): it misses the end of the text ("never stops": raise its
     # positive weight) or fires early ("stops early": lower it). Either must hold for
@@ -162,7 +159,7 @@ class GateConfig(_Policy):
     min_pos_weight: float = Field(1.0, gt=0)
 
 
-class OverfitConfig(_Policy):
+class OverfitConfig(RuleSettings):
     # Validation loss rose at each of the newest ``rising_evals`` evaluations, by
     # ``min_rise`` (relative) in all, while the training loss fell.
     rising_evals: int = Field(3, ge=1)
@@ -179,7 +176,7 @@ class OverfitConfig(_Policy):
     lr_factor: float = Field(0.5, gt=0, lt=1)
 
 
-class PlateauConfig(_Policy):
+class PlateauConfig(RuleSettings):
     # Plateau: the best MCD-DTW (with free-running evaluation, and the speech score did
     # not rise either; else the validation loss) of the newest ``evals`` evaluations improves
     # on the best before them by less than ``min_improvement`` (relative).
@@ -205,6 +202,33 @@ class PolicyConfig(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     overfit: OverfitConfig = Field(default_factory=OverfitConfig)
     plateau: PlateauConfig = Field(default_factory=PlateauConfig)
+    # Custom rules (policies.custom.CustomRule) to run besides the installed ones (entry
+    # point group smart_tuner.rules), by import path: "package.module:object".
+    custom_rules: list[str] = Field(default_factory=list)
+    # The custom rules' settings, by rule name, each validated by its rule's own model.
+    # In YAML a custom rule's section sits beside the built-in ones (policies.<name>).
+    custom_settings: dict[str, SerializeAsAny[RuleSettings]] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _custom_sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        paths = data.get("custom_rules") or []
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            return data  # the field's own validation reports it
+        try:
+            rules = load_custom_rules(paths, reserved=tuple(cls.model_fields))
+        except (ValueError, TypeError, ImportError) as exc:
+            error = InitErrorDetails(type=PydanticCustomError("custom_rule", str(exc)), loc=("custom_rules",),
+                                     input=paths)
+            raise ValidationError.from_exception_data(cls.__name__, [error]) from None
+        data = dict(data)
+        # A section at the top level (as a user writes it) or, when a dump is read back, under custom_settings.
+        dumped = data.get("custom_settings") or {}
+        data["custom_settings"] = {name: validate_section(rule.settings, data.pop(name, dumped.get(name)), name)
+                                   for name, rule in rules.items()}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> "PolicyConfig":
@@ -219,8 +243,13 @@ class PolicyConfig(_Section):
             raise ValueError("alignment_stall.initial_guided_attention_weight must not exceed its maximum")
         return self
 
-    def policy(self, name: str) -> _Policy:
-        section = getattr(self, name, None)
-        if not isinstance(section, _Policy):
+    def policy(self, name: str) -> RuleSettings:
+        """The settings of the rule ``name``, built-in or custom."""
+        section = self.custom_settings[name] if name in self.custom_settings else getattr(self, name, None)
+        if not isinstance(section, RuleSettings):
             raise KeyError(f"no policy named {name!r}")
         return section
+
+    def loaded_custom_rules(self) -> dict[str, CustomRule]:
+        """The custom rules, installed and named in ``custom_rules``, by name."""
+        return load_custom_rules(self.custom_rules, reserved=tuple(type(self).model_fields))

@@ -159,11 +159,24 @@ def test_every_proposal_is_well_formed_and_its_actions_parse():
 
 
 def test_no_rollback_without_a_good_checkpoint_anywhere():
+    """A rule that would roll back answers otherwise when no checkpoint is good: the
+    non-finite guard pauses or asks, the spike guard only cuts the LR, a collapse asks."""
     bad = [ckpt(10, finite=False), ckpt(20, val_loss=NAN)]
+    alternatives = {"non_finite": {"pause", "ask_human"}, "loss_spike": {"set_lr"}, "attention_collapse": {"ask_human"}}
+    answered: set[str] = set()
     for phase, w, m in _scenarios():
-        w = Window(steps=w.steps, evals=w.evals, checkpoints=bad, data_hints=w.data_hints)
-        for p in propose(phase, w, m):
+        without = Window(steps=w.steps, evals=w.evals, checkpoints=bad, data_hints=w.data_hints)
+        got = propose(phase, without, m)
+        for p in got:
             assert all(a["kind"] != "rollback" for a in p.actions), p
+        for name in active(phase):
+            if not any(p.kind == "rollback" for p in policies.RULES[name](phase, w, m, CFG)):
+                continue
+            instead = policies.RULES[name](phase, without, m, CFG)
+            assert [p.kind for p in instead] and {p.kind for p in instead} <= alternatives[name], (name, instead)
+            assert got, (phase, name)  # and propose() passes something on
+            answered.add(name)
+    assert answered == set(alternatives)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 
 
 class Callback(Protocol):
+    """What the trainer calls: at the start, after every step, evaluation and checkpoint,
+    and at the end (``reason``: max_steps, max_minutes, a stop command, ...). A callback
+    sees the ``Trainer`` but must not change it."""
+
     def on_train_start(self, trainer: "Trainer") -> None: ...
     def on_step(self, trainer: "Trainer", record: StepTelemetry) -> None: ...
     def on_eval(self, trainer: "Trainer", record: EvalRecord) -> None: ...
@@ -25,6 +29,8 @@ class Callback(Protocol):
 
 
 class BaseCallback:
+    """A callback that does nothing: subclass it and override the calls you need."""
+
     def on_train_start(self, trainer: "Trainer") -> None:
         pass
 
@@ -87,7 +93,7 @@ class ConsoleProgress(BaseCallback):
         self.print(
             f"eval  {r.step:>7} | val {r.val_loss:.4f} (mel {r.val_mel_postnet_loss:.3f} gate {r.val_gate_loss:.3f})"
             f" | diagonality {r.diagonality:.3f} focus {r.focus:.3f} aligned {r.aligned_fraction:.2f}"
-            f" | gate acc {r.gate_accuracy:.3f}",
+            f" | gate acc {r.gate_accuracy:.3f}" + "".join(f" | {k} {v:.4g}" for k, v in r.extra.items()),
             flush=True,
         )
         if r.speech is not None:

@@ -215,10 +215,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _config_of(checkpoint: Path):
     from trainer.checkpoint import load_checkpoint
-    from trainer.config import RunConfig
+    from trainer.config import RunConfig, config_from_checkpoint
 
     ours = load_checkpoint(checkpoint).get("smart_tuner")
-    return RunConfig.model_validate(ours["config"]) if ours else RunConfig()
+    return config_from_checkpoint(ours["config"]) if ours else RunConfig()
 
 
 def demo_config(args: argparse.Namespace):

@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from trainer.custom_metrics import CustomMetric, MetricSettings, load_custom_metrics
 from trainer.errors import UserError
+from trainer.plugins import validate_section
 
 
 class _Section(BaseModel):
@@ -239,6 +242,42 @@ class EvalConfig(_Section):
     aligned_focus: float = Field(0.5, gt=0, le=1)
     aligned_diagonality: float = Field(0.9, gt=0, le=1)
     speech: SpeechEvalConfig = Field(default_factory=SpeechEvalConfig)
+    # Custom metrics (trainer.custom_metrics.CustomMetric) to compute besides the installed
+    # ones (entry point group smart_tuner.metrics), by import path: "package.module:object".
+    custom_metrics: list[str] = Field(default_factory=list)
+    # The custom metrics' settings by metric name, each validated by its metric's model.
+    metrics: dict[str, SerializeAsAny[MetricSettings]] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        paths = data.get("custom_metrics") or []
+        sections = data.get("metrics") or {}
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths) or not isinstance(sections, dict):
+            return data  # the fields' own validation reports it
+        try:
+            found = load_custom_metrics(paths)
+        except (ValueError, TypeError, ImportError) as exc:
+            error = InitErrorDetails(type=PydanticCustomError("custom_metric", str(exc)), loc=("custom_metrics",),
+                                     input=paths)
+            raise ValidationError.from_exception_data(cls.__name__, [error]) from None
+        unknown = sorted(set(sections) - set(found))
+        if unknown:
+            known = ", ".join(sorted(found)) or "none installed or named in eval.custom_metrics"
+            problem = PydanticCustomError("custom_metric", f"no custom metric named {unknown[0]!r} (known: {known})")
+            error = InitErrorDetails(type=problem, loc=("metrics", unknown[0]), input=sections[unknown[0]])
+            raise ValidationError.from_exception_data(cls.__name__, [error])
+        validated = {name: validate_section(m.settings, sections.get(name), "metrics", name)
+                     for name, m in found.items()}
+        return {**data, "metrics": validated}
+
+    def active_metrics(self) -> list[tuple[CustomMetric, MetricSettings]]:
+        """The custom metrics switched on, each with its settings."""
+        found = load_custom_metrics(self.custom_metrics)
+        return [(m, self.metrics[name]) for name, m in found.items()
+                if name in self.metrics and self.metrics[name].enabled]
 
 
 class CheckpointConfig(_Section):
@@ -343,6 +382,7 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
 
 
 def parse_config(text: str, source: str = "<config>", overrides: dict[str, Any] | None = None) -> RunConfig:
+    """A config from YAML text; errors name ``source``, the line and the key (``ConfigError``)."""
     try:
         raw = yaml.safe_load(text) or {}
         node = yaml.compose(text)
@@ -370,6 +410,13 @@ def parse_config(text: str, source: str = "<config>", overrides: dict[str, Any] 
             got = f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], dict) else ""
             lines.append(f"{where}: {field}: {err['msg']}{got}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def config_from_checkpoint(saved: dict[str, Any]) -> RunConfig:
+    """The config a checkpoint was saved with, without its custom metrics: they do not
+    change the model, and loading a checkpoint must not need the packages that measured it."""
+    evaluation = {k: v for k, v in (saved.get("eval") or {}).items() if k not in ("custom_metrics", "metrics")}
+    return RunConfig.model_validate({**saved, "eval": evaluation})
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:

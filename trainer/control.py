@@ -31,6 +31,9 @@ class _Record(BaseModel):
 
 
 class StepTelemetry(_Record):
+    """One optimizer step, as the trainer reports it after the step (losses are the
+    step's, averaged over real frames; ``grad_norm`` is measured before clipping)."""
+
     step: int
     epoch: int
     wall_time: float
@@ -76,6 +79,10 @@ class SpeechSummary(_Record):
 
 
 class EvalRecord(_Record):
+    """One evaluation on the validation set: teacher-forced losses and attention
+    figures, the free-running speech figures when ``eval.speech`` is on, and the
+    custom metrics in ``extra``."""
+
     step: int
     wall_time: float
     val_loss: float
@@ -96,6 +103,9 @@ class EvalRecord(_Record):
     speech_image: str | None = None  # inference alignment of the first probe
     speech_audio: list[str] = Field(default_factory=list)  # Griffin-Lim audio of the first probes
     speech_details: str | None = None  # per-utterance verdicts (JSON)
+    # Custom metrics (trainer/custom_metrics.py) by name: what the built-in fields are
+    # for the built-in metrics. Custom rules read them from the window's evaluations.
+    extra: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -108,6 +118,8 @@ class EvalRecord(_Record):
 
 
 class CheckpointRecord(_Record):
+    """One saved checkpoint, with the metrics of the evaluation before it."""
+
     step: int
     path: str
     wall_time: float
@@ -127,6 +139,9 @@ class _Command(_Record):
 
 
 class SetLearningRate(_Command):
+    """Set the learning rate to ``value``, or multiply it by ``factor`` (exactly one);
+    the schedule goes on from there with its shape."""
+
     kind: Literal["set_lr"] = "set_lr"
     value: float | None = Field(None, gt=0)
     factor: float | None = Field(None, gt=0)
@@ -139,22 +154,30 @@ class SetLearningRate(_Command):
 
 
 class SetGuidedAttention(_Command):
+    """Set the guided-attention loss weight (0 turns it off) and optionally its sigma."""
+
     kind: Literal["set_guided_attention"] = "set_guided_attention"
     weight: float = Field(ge=0)
     sigma: float | None = Field(None, gt=0)
 
 
 class SetGatePosWeight(_Command):
+    """Set the weight of the gate's positive (stop) frames in the gate loss."""
+
     kind: Literal["set_gate_pos_weight"] = "set_gate_pos_weight"
     value: float = Field(gt=0)
 
 
 class SetGradClip(_Command):
+    """Set the gradient-norm clipping threshold."""
+
     kind: Literal["set_grad_clip"] = "set_grad_clip"
     value: float = Field(gt=0)
 
 
 class SaveCheckpoint(_Command):
+    """Save a checkpoint now."""
+
     kind: Literal["save_checkpoint"] = "save_checkpoint"
 
 
@@ -176,6 +199,8 @@ HYPERPARAMETERS = ("learning_rate", "guided_attention_weight", "guided_attention
 
 
 class ApplyHyperparameters(_Command):
+    """Set several hyperparameters at once (names from ``HYPERPARAMETERS``)."""
+
     kind: Literal["apply_hparams"] = "apply_hparams"
     values: dict[str, float]
 
@@ -198,14 +223,20 @@ class ContinueFrom(_Command):
 
 
 class Pause(_Command):
+    """Stop stepping (commands are still polled) until a ``Resume``."""
+
     kind: Literal["pause"] = "pause"
 
 
 class Resume(_Command):
+    """Carry on after a ``Pause``."""
+
     kind: Literal["resume"] = "resume"
 
 
 class Stop(_Command):
+    """End the run after the current step, with a final checkpoint."""
+
     kind: Literal["stop"] = "stop"
 
 
@@ -226,6 +257,9 @@ def parse_command(data: dict | str) -> Command:
 
 
 class CommandResult(_Record):
+    """The trainer's answer to one command: applied (``ok``) or why not, at which step;
+    ``duplicate`` when the id had been applied before."""
+
     command_id: str
     kind: str
     ok: bool
@@ -235,6 +269,10 @@ class CommandResult(_Record):
 
 
 class ControlPort(Protocol):
+    """The trainer's connection to a supervisor. The trainer calls it at step
+    boundaries only: ``emit_*`` with telemetry, ``poll`` for commands, ``acknowledge``
+    with each command's result, ``close`` at the end."""
+
     def emit_step(self, record: StepTelemetry) -> None: ...
     def emit_eval(self, record: EvalRecord) -> None: ...
     def emit_checkpoint(self, record: CheckpointRecord) -> None: ...

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from trainer.config import EvalConfig
 from trainer.control import EvalRecord
+from trainer.custom_metrics import CustomMetric, MetricSettings
 from trainer.data.dataset import Batch, Collate, TextMelDataset
 from trainer.loss import LossWeights, tacotron2_loss
 from trainer.metrics import alignment_scores, gate_balanced_accuracy
@@ -26,9 +28,11 @@ EVAL_SEED = 20170104
 
 class Evaluator:
     def __init__(self, dataset: TextMelDataset, collate: Collate, batch_size: int, cfg: EvalConfig,
-                 gate_threshold: float, image_dir: Path, speech: FreeRunningEvaluator | None = None) -> None:
+                 gate_threshold: float, image_dir: Path, speech: FreeRunningEvaluator | None = None,
+                 metrics: Sequence[tuple[CustomMetric, MetricSettings]] = ()) -> None:
         self.cfg = cfg
         self.speech = speech
+        self.metrics = list(metrics)  # custom metrics (trainer/custom_metrics.py) with their settings
         self.gate_threshold = gate_threshold
         self.image_dir = Path(image_dir)
         # Fixed order, sorted by length: the same batches every time, little padding.
@@ -47,6 +51,7 @@ class Evaluator:
         model.eval()
         r = model.n_frames_per_step
         sums = dict.fromkeys(("total", "mel", "mel_postnet", "gate", "guided_attention"), 0.0)
+        extra = {m.name: 0.0 for m, _ in self.metrics}
         focus, diag, gate_acc, n_utts = [], [], [], 0
         shown: tuple | None = None  # (alignment, mel, diagonality) of one mid-length clip
         devices = [device] if device.type == "cuda" else []
@@ -65,6 +70,8 @@ class Evaluator:
                 focus.append(f)
                 diag.append(d)
                 gate_acc.append(gate_balanced_accuracy(out.gate, batch.gate, steps, self.gate_threshold) * b)
+                for metric, settings in self.metrics:
+                    extra[metric.name] += float(metric.measure(batch, out, settings)) * b
                 n_utts += b
                 if shown is None and len(self.batches) // 2 == len(focus) - 1:
                     n, s = int(batch.text_lengths[0]), int(steps[0])
@@ -85,6 +92,7 @@ class Evaluator:
             val_guided_attention_loss=sums["guided_attention"] / n_utts,
             diagonality=float(diag_t.mean()), focus=float(focus_t.mean()), aligned_fraction=float(aligned),
             gate_accuracy=sum(gate_acc) / n_utts, alignment_image=image,
+            extra={name: total / n_utts for name, total in extra.items()},
             **(speech_fields(speech) if speech is not None else {}),
         )
 

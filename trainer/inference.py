@@ -13,7 +13,7 @@ import torch
 
 from trainer.audio import griffin_lim, save_wav
 from trainer.checkpoint import CheckpointError, load_checkpoint
-from trainer.config import RunConfig
+from trainer.config import RunConfig, config_from_checkpoint
 from trainer.model.tacotron2 import Tacotron2
 from trainer.plotting import save_alignment_png
 from trainer.text import TextError, symbols_for, text_to_sequence
@@ -25,6 +25,9 @@ DEFAULT_FRAMES_PER_TOKEN = 5.5
 
 @dataclass
 class Synthesis:
+    """What ``synthesize`` and ``speak`` return: the mel, the audio and the attention,
+    with what looks wrong with them in words."""
+
     mel: np.ndarray  # [n_mels, frames]
     audio: np.ndarray  # float waveform in [-1, 1]
     alignment: np.ndarray  # [decoder steps, tokens]
@@ -45,7 +48,7 @@ def model_from(ckpt: dict, checkpoint: str | Path, config: RunConfig | None = No
     """The model of a loaded checkpoint (``checkpoint`` names it in errors)."""
     ours = ckpt.get("smart_tuner")
     if config is None:
-        config = RunConfig.model_validate(ours["config"]) if ours else RunConfig()
+        config = config_from_checkpoint(ours["config"]) if ours else RunConfig()
     n_symbols = len(symbols_for(config.text))
     model = Tacotron2(config.model, n_symbols, config.audio.n_mel_channels)
     try:

@@ -90,6 +90,15 @@ def checkpoint_metric(record, best_metric: str) -> float | None:
 
 
 class Trainer:
+    """One training run of Tacotron2: model, optimizer, data, evaluation and checkpoints.
+
+    ``port`` connects a supervisor (telemetry out, commands in; default: none).
+    ``callbacks`` observe the run. ``resume`` continues from the newest good checkpoint
+    in ``run_dir`` (True) or from the given one; ``warm_start`` begins a new run from
+    another checkpoint's weights, leaving out ``ignore_layers``. A fresh run refuses a
+    ``run_dir`` that already holds checkpoints.
+    """
+
     def __init__(self, config: RunConfig, port: ControlPort | None = None, callbacks: Sequence[Callback] = (),
                  resume: bool | str | Path = False, warm_start: str | Path | None = None,
                  ignore_layers: Sequence[str] = ()) -> None:
@@ -164,7 +173,7 @@ class Trainer:
         speech = build_free_running(val_set, config.eval, config.text, config.audio, d,
                                     config.model.n_frames_per_step, d.batch_size, self.run_dir / "speech")
         self.evaluator = Evaluator(val_set, self.collate, d.batch_size, config.eval, config.model.gate_threshold,
-                                   self.run_dir / "alignments", speech)
+                                   self.run_dir / "alignments", speech, config.eval.active_metrics())
         if warm_start is not None and resume:
             raise UserError("--warm-start and --resume exclude each other: resume continues a run, "
                             "warm start begins a new one from other weights")
@@ -347,6 +356,7 @@ class Trainer:
                 self.port.acknowledge(result)
 
     def request_stop(self, reason: str) -> None:
+        """End the run after the current step, with a final checkpoint; the first reason given wins."""
         if self.stop_reason is None:
             self.stop_reason = reason
 
@@ -373,6 +383,8 @@ class Trainer:
                 setattr(d, key, float(value))
 
     def evaluate(self):
+        """Evaluate now: emit the ``EvalRecord`` to the port and the callbacks, save
+        ``best.pt`` when ``checkpoint.best_metric`` improved, and return it."""
         record = self.evaluator.run(self.model, self.loss_weights, self.step, self.device, self.autocast)
         self.last_eval = record.model_dump(exclude={"alignment_image"})
         self.port.emit_eval(record)
@@ -415,6 +427,8 @@ class Trainer:
         }
 
     def save_checkpoint(self, reason: str, best: bool = False) -> Path:
+        """Save the whole training state (weights, optimizer, schedule, loss weights, data
+        position, RNG) at this step, report it as a ``CheckpointRecord`` and return its path."""
         if not self.is_main:  # one writer: rank 0 (a save command reaches every rank)
             return self.checkpoints.directory
         finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())

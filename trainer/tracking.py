@@ -182,6 +182,7 @@ class MlflowLogger(BaseCallback):
         if record.speech is not None:
             metrics += [(f"speech_{k}", float(v), ts, record.step) for k in _SPEECH_FIELDS
                         if (v := getattr(record.speech, k)) is not None]
+        metrics += [(name, value, ts, record.step) for name, value in record.extra.items()]
         self._queue.put(("metrics", metrics))
         if record.alignment_image:
             self._queue.put(("artifact", (record.alignment_image, "alignments")))

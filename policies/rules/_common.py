@@ -19,6 +19,6 @@ def set_lr(factor: float) -> dict[str, Any]:
     return {"kind": "set_lr", "factor": factor}
 
 
-def g(x: float) -> str:
-    """Numbers in reasons: three significant digits."""
+def three_digits(x: float) -> str:
+    """A number for a reason sentence, to three significant digits."""
     return f"{x:.3g}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from policies.checkpoints import last_good_checkpoint, rollback_action
 from policies.config import PolicyConfig
 from policies.phases import Phase
-from policies.rules._common import fresh, g, set_lr
+from policies.rules._common import fresh, set_lr, three_digits
 from policies.signals import best_diagonality, eval_aligned, find_collapse, find_stall, is_aligned
 from policies.types import Memory, Proposal, Window
 
@@ -46,7 +46,8 @@ def alignment_stall(phase: Phase, window: Window, memory: Memory, cfg: PolicyCon
         return [Proposal(policy=STALL, kind="set_guided_attention",
                          actions=({"kind": "set_guided_attention", "weight": new},), evidence=evidence,
                          aim="diagonality", severity="medium", step=stall.last_step,
-                         reason=f"{seen}; raising the guided-attention weight from {g(ga)} to {g(new)}.")]
+                         reason=(f"{seen}; raising the guided-attention weight from {three_digits(ga)} to "
+                                 f"{three_digits(new)}."))]
     if stage <= 1:
         evidence["lr_factor"] = c.lr_factor
         return [Proposal(policy=STALL, kind="set_lr", actions=(set_lr(c.lr_factor),), evidence=evidence,
@@ -79,7 +80,8 @@ def _guide_from_start(window: Window, memory: Memory, cfg: PolicyConfig) -> list
         aim="diagonality", severity="medium", step=latest.step,
         reason=(f"Attention is not aligned after warm-up (diagonality {latest.diagonality:.3f}, focus "
                 f"{latest.focus:.3f}) and guided attention is off; Tacotron2 from scratch can take thousands of "
-                f"steps to align without it. Turning it on at weight {g(new)} (it is decayed to 0 once aligned)."))]
+                f"steps to align without it. Turning it on at weight {three_digits(new)} (it is decayed to 0 once "
+                f"aligned)."))]
 
 
 def attention_decay(phase: Phase, window: Window, memory: Memory, cfg: PolicyConfig) -> list[Proposal]:
@@ -116,7 +118,8 @@ def attention_decay(phase: Phase, window: Window, memory: Memory, cfg: PolicyCon
                   "new_guided_attention_weight": new},
         aim="diagonality", severity="low", step=latest.step,
         reason=(f"Attention is aligned and holding (diagonality {latest.diagonality:.3f}, best {best:.3f}, "
-                f"focus {latest.focus:.3f}){_speaking(latest)}; guided-attention weight {g(ga)} -> {g(new)}."))]
+                f"focus {latest.focus:.3f}){_speaking(latest)}; guided-attention weight {three_digits(ga)} -> "
+                f"{three_digits(new)}."))]
 
 
 def _speaking(e) -> str:
@@ -161,11 +164,12 @@ def attention_collapse(phase: Phase, window: Window, memory: Memory, cfg: Policy
             actions=(rollback_action(target, cfg.rollback.skip_batches),
                      {"kind": "set_guided_attention", "weight": restore}),
             reason=(f"{seen}; rolling back to the checkpoint of step {target.step} (diagonality "
-                    f"{target.diagonality:.3f}) with guided-attention weight {g(restore)}."))]
+                    f"{target.diagonality:.3f}) with guided-attention weight {three_digits(restore)}."))]
     if (since is not None and since >= found.first_step) or ga >= restore:
         return []  # already answered this collapse, or nothing to restore
     evidence["new_guided_attention_weight"] = restore
     return [Proposal(policy=COLLAPSE, kind="set_guided_attention",
                      actions=({"kind": "set_guided_attention", "weight": restore},), evidence=evidence,
                      aim="diagonality", severity="high", step=found.last_step,
-                     reason=f"{seen}; restoring the guided-attention weight from {g(ga)} to {g(restore)}.")]
+                     reason=(f"{seen}; restoring the guided-attention weight from {three_digits(ga)} to "
+                             f"{three_digits(restore)}."))]

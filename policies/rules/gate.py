@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from policies.config import PolicyConfig
 from policies.phases import Phase
-from policies.rules._common import fresh, g
+from policies.rules._common import fresh, three_digits
 from policies.signals import find_gate_trouble
 from policies.types import Memory, Proposal, Window
 
@@ -43,14 +43,16 @@ def gate(phase: Phase, window: Window, memory: Memory, cfg: PolicyConfig) -> lis
     if trouble.kind == "never_stops":
         if pos >= c.max_pos_weight:
             return [_ask(evidence, aim, latest.step,
-                         f"{seen}, and the gate positive weight is already at its cap {g(c.max_pos_weight)}; check "
+                         f"{seen}, and the gate positive weight is already at its cap "
+                         f"{three_digits(c.max_pos_weight)}; check "
                          f"that clips end cleanly (trailing silence) and the gate threshold.")]
         new = min(pos * c.factor, c.max_pos_weight)
         verb = "raising"
     else:
         if pos <= c.min_pos_weight:
             return [_ask(evidence, aim, latest.step,
-                         f"{seen}, and the gate positive weight is already at its floor {g(c.min_pos_weight)}; check "
+                         f"{seen}, and the gate positive weight is already at its floor "
+                         f"{three_digits(c.min_pos_weight)}; check "
                          f"for long pauses inside clips and for clips cut short, and consider a higher "
                          f"model.gate_threshold.")]
         new = max(pos / c.factor, c.min_pos_weight)
@@ -58,7 +60,8 @@ def gate(phase: Phase, window: Window, memory: Memory, cfg: PolicyConfig) -> lis
     evidence["new_gate_pos_weight"] = new
     return [Proposal(policy=NAME, kind="set_gate_pos_weight", actions=({"kind": "set_gate_pos_weight", "value": new},),
                      evidence=evidence, aim=aim, severity="medium", step=latest.step,
-                     reason=f"{seen}; {verb} the gate positive weight from {g(pos)} to {g(new)}.")]
+                     reason=(f"{seen}; {verb} the gate positive weight from {three_digits(pos)} to "
+                             f"{three_digits(new)}."))]
 
 
 def _ask(evidence: dict, aim: str, step: int, reason: str) -> Proposal:

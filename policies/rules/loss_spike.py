@@ -5,7 +5,7 @@ from __future__ import annotations
 from policies.checkpoints import last_good_checkpoint, rollback_action
 from policies.config import PolicyConfig
 from policies.phases import Phase
-from policies.rules._common import fresh, g, set_lr
+from policies.rules._common import fresh, set_lr, three_digits
 from policies.signals import find_spike
 from policies.types import Memory, Proposal, Window
 
@@ -25,8 +25,9 @@ def loss_spike(phase: Phase, window: Window, memory: Memory, cfg: PolicyConfig) 
         "loss": spike.loss, "ratio": spike.ratio, "threshold_ratio": c.ratio, "lr_factor": factor,
         "repeat": memory.count(NAME),
     }
-    seen = (f"The loss has been above {g(c.ratio)}x its median of {g(spike.baseline)} for {spike.n_steps} steps "
-            f"since step {spike.first_step} (now {g(spike.loss)})")
+    seen = (f"The loss has been above {three_digits(c.ratio)}x its median of {three_digits(spike.baseline)} for "
+            f"{spike.n_steps} steps "
+            f"since step {spike.first_step} (now {three_digits(spike.loss)})")
     why = " (repeat spike)" if repeat else ""
     target = last_good_checkpoint(window.checkpoints, before_step=spike.first_step)
     if target is None:

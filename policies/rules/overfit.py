@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from policies.config import PolicyConfig
 from policies.phases import Phase
-from policies.rules._common import fresh, g, set_lr
+from policies.rules._common import fresh, set_lr, three_digits
 from policies.signals import find_overfit
 from policies.types import Memory, Proposal, Window
 
@@ -23,8 +23,9 @@ def overfit(phase: Phase, window: Window, memory: Memory, cfg: PolicyConfig) -> 
         "from_step": found.first_step, "repeat": memory.count(NAME),
     }
     what = "Free-running MCD-DTW (dB)" if found.metric == "mcd_dtw" else "Validation loss"
-    seen = (f"{what} rose at each of the last {found.n_evals} evaluations ({g(found.val_from)} -> "
-            f"{g(found.val_to)}) while the training loss fell ({g(found.train_from)} -> {g(found.train_to)})")
+    seen = (f"{what} rose at each of the last {found.n_evals} evaluations ({three_digits(found.val_from)} -> "
+            f"{three_digits(found.val_to)}) while the training loss fell ({three_digits(found.train_from)} -> "
+            f"{three_digits(found.train_to)})")
     aim = "mcd_dtw" if found.metric == "mcd_dtw" else "val_loss"
     if memory.count(NAME) == 0:
         evidence["lr_factor"] = c.lr_factor

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from policies.config import PolicyConfig
 from policies.phases import Phase
-from policies.rules._common import fresh, g
+from policies.rules._common import fresh, three_digits
 from policies.signals import find_overfit, find_plateau
 from policies.types import Memory, Proposal, Window
 
@@ -26,12 +26,14 @@ def plateau(phase: Phase, window: Window, memory: Memory, cfg: PolicyConfig) -> 
         evidence.update(speech_score_before=found.score_before, speech_score_recent=found.score_recent)
         seen = (f"Over the last {found.n_evals} evaluations no more utterances were spoken (best speech score "
                 f"{found.score_recent:.0%}, {found.score_before:.0%} before) and the best MCD-DTW "
-                f"({g(found.best_recent)} dB) improves on the earlier best ({g(found.best_before)} dB) by "
+                f"({three_digits(found.best_recent)} dB) improves on the earlier best "
+                f"({three_digits(found.best_before)} dB) by "
                 f"{found.improvement:.2%} < {c.min_improvement:.0%}")
         aim = "mcd_dtw"
     else:
-        seen = (f"The best validation loss of the last {found.n_evals} evaluations ({g(found.best_recent)}) improves "
-                f"on the earlier best ({g(found.best_before)}) by {found.improvement:.2%} < {c.min_improvement:.0%}")
+        seen = (f"The best validation loss of the last {found.n_evals} evaluations "
+                f"({three_digits(found.best_recent)}) improves on the earlier best "
+                f"({three_digits(found.best_before)}) by {found.improvement:.2%} < {c.min_improvement:.0%}")
         aim = "val_loss"
     return [Proposal(policy=NAME, kind="tune", aim=aim, severity="low", step=found.last_step, evidence=evidence,
                      reason=f"{seen}; proposing a tuning round.")]
