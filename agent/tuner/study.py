@@ -166,10 +166,10 @@ def run_trials(study: Any, n_trials: int, cfg: TunerConfig, build: SpecBuilder, 
                 left[0] -= 1
             try:
                 result = _run_one(study, cfg, build, hooks, device)
-            except Exception:  # noqa: BLE001 - Optuna or a hook broke: this trial is lost, the others go on
-                import traceback
+            except Exception as exc:  # noqa: BLE001 - Optuna or a hook broke: this trial is lost, the others go on
+                from agent.logs import get_logger
 
-                traceback.print_exc()
+                get_logger().error("trial lost", device=device, error=type(exc).__name__, message=str(exc))
                 continue
             with lock:
                 results.append(result)
