@@ -8,7 +8,8 @@
    checkpoints is refused (a user error: the run's history is gone; ``new_journal``
    starts a new one deliberately), and so is one SQLite cannot read;
 2. builds the supervisor (``agent.supervisor.Supervisor``), which restores its phase
-   and pending proposals from the journal;
+   and pending proposals from the journal, and hands it the run's in-run tuner
+   (``agent.tuner.inrun.InRunTuning``, from the config it wrote);
 3. stops an orphaned trainer left by a daemon that was killed (``kill -9``): the pid
    file names it, ``/proc/PID/cmdline`` confirms it is this run's ``agent.child``; and
    refuses a run another process trains (``smart-tuner train`` holds ``RUN/train.lock``);
@@ -146,18 +147,13 @@ SupervisorFactory = Callable[..., SupervisorLike]  # (journal, cfg, *, warmup_st
 
 def default_supervisor(journal: Journal, cfg: SupervisorConfig, *, warmup_steps: int,
                        log: Any = None) -> SupervisorLike:
-    """The real supervisor (imported here, so a missing implementation fails clearly)."""
-    try:
-        from agent.supervisor import Supervisor
-    except ImportError as exc:
-        raise RuntimeError(f"agent.supervisor.Supervisor cannot be imported: {exc}") from exc
-    try:
-        if log is None:
-            return Supervisor(journal, cfg, warmup_steps=warmup_steps)
-        return Supervisor(journal, cfg, warmup_steps=warmup_steps, log=log)
-    except TypeError as exc:
-        raise RuntimeError(f"agent.supervisor.Supervisor(journal, cfg, warmup_steps=N) failed: {exc} "
-                           "(is the supervisor implemented?)") from exc
+    """The real supervisor, with the run's in-run tuner (built from the run-config.yaml
+    the daemon wrote beside the journal; a bad ``tuner:`` section stops the start)."""
+    from agent.supervisor import Supervisor
+    from agent.tuner.inrun import InRunTuning
+
+    tuning = InRunTuning.for_run(journal, cfg.approvals, Path(journal.path).parent, log=log)
+    return Supervisor(journal, cfg, warmup_steps=warmup_steps, log=log, tuning=tuning)
 
 
 # -- small helpers ------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ Each ``tick()`` (the daemon calls it every ``supervisor.tick_seconds``) does one
 round, reading and writing only the run journal:
 
 1. read the newest telemetry, evaluations and the checkpoints still on disk;
-2. move the phase (warmup -> aligning -> stable, -> diverging -> recovering, ...);
+2. move the phase (warmup -> aligning -> stable, -> diverging -> recovering, ...) and,
+   in ``tuning``, the round's stage: by trying the machine's triggers in a fixed order
+   (agent/phase_machine.py holds the machine: states, guards, effects, that order);
 3. expire unanswered "ask" proposals; judge interventions whose probation is over,
    escalating after repeated failures (pause the run and call a human);
 4. run the policies active in the phase and turn each proposal into a decision
@@ -23,30 +25,20 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from transitions import EventData, Machine
+from transitions import EventData
+from transitions.extensions.nesting import HierarchicalMachine
 
+from agent import phase_machine
 from agent.config import SupervisorConfig
 from agent.journal import Journal, Proposal as ProposalRow
+from agent.phase_machine import STATES, TRANSITIONS, phase_of, state_diagram
+from agent.tuner import inrun
 from agent.tuner.inrun import InRunTuning
-from policies import Memory, Phase, Proposal, Window, propose
-from policies.signals import is_aligned, is_collapsed, is_diverging, is_healthy, warmup_done
+from policies import Memory, Proposal, Window, propose, signals
 from trainer.control import CheckpointRecord, EvalRecord, Pause
 
-STATES = [p.value for p in Phase]
-_ACTIVE = ["warmup", "aligning", "stable", "recovering", "tuning"]
-TRANSITIONS = [
-    {"trigger": "warmup_over", "source": "warmup", "dest": "aligning"},
-    {"trigger": "aligned", "source": "aligning", "dest": "stable"},
-    {"trigger": "collapse", "source": "stable", "dest": "aligning"},
-    {"trigger": "diverge", "source": _ACTIVE, "dest": "diverging"},
-    {"trigger": "recovery_applied", "source": "diverging", "dest": "recovering"},
-    {"trigger": "recovered", "source": "recovering", "dest": "stable", "conditions": "was_aligned"},
-    {"trigger": "recovered", "source": "recovering", "dest": "aligning"},
-    # From aligning only on request (smart-tuner tune-now): the plateau rule runs in stable.
-    {"trigger": "start_tuning", "source": ["stable", "aligning"], "dest": "tuning"},
-    {"trigger": "tuning_done", "source": "tuning", "dest": "stable", "conditions": "was_aligned"},
-    {"trigger": "tuning_done", "source": "tuning", "dest": "aligning"},
-]
+__all__ = ["STATES", "TRANSITIONS", "Supervisor", "aim_value", "state_diagram"]
+
 # Aims judged on evaluations rather than steps; which direction is better.
 _EVAL_AIMS = {"diagonality", "gate_accuracy", "val_loss", "speech_score", "mcd_dtw", "stop_in_range"}
 _HIGHER_IS_BETTER = {"diagonality", "gate_accuracy", "speech_score", "stop_in_range"}
@@ -63,23 +55,14 @@ def aim_value(e: EvalRecord, aim: str) -> float:
 _RECOVERY_KINDS = {"rollback", "set_lr", "set_grad_clip", "pause"}
 
 
-def state_diagram() -> str:
-    """The phase diagram as Mermaid (transitions' mermaid backend), for the docs."""
-    from transitions.extensions import GraphMachine
-
-    class _Model:
-        was_aligned = staticmethod(lambda *a, **k: True)
-
-    model = _Model()
-    GraphMachine(model=model, states=STATES, transitions=TRANSITIONS, initial="warmup", graph_engine="mermaid",
-                 auto_transitions=False, title="Smart Tuner phases")
-    return model.get_graph().draw(None)
-
-
 class Supervisor:
+    """The model of the phase machine (agent/phase_machine.py): its methods are the
+    transitions' guards and effects. ``tuning`` is the run's in-run tuner, built by the
+    daemon (None: the run has no run config to fork trials from)."""
+
     def __init__(self, journal: Journal, cfg: SupervisorConfig, *, warmup_steps: int = 0,
                  clock: Callable[[], float] = time.time, log: Any = None,
-                 data_hints: tuple[str, ...] = ()) -> None:
+                 data_hints: tuple[str, ...] = (), tuning: InRunTuning | None = None) -> None:
         self.journal = journal
         self.cfg = cfg
         # The warm-up phase lasts the trainer's LR warm-up unless the config says otherwise.
@@ -90,17 +73,18 @@ class Supervisor:
         self.clock = clock
         self.log = log
         self.data_hints = data_hints
+        self.tuning = tuning
         self.memory = Memory.model_validate(journal.get_state("memory", {}))
         self.failures: int = journal.get_state("failures", 0)
-        initial = journal.current_phase() or "warmup"
-        if journal.current_phase() is None:
+        phase = journal.current_phase()
+        if phase is None:
             journal.record_phase("warmup", step=0, reason="run started")
-        self.machine = Machine(model=self, states=STATES, transitions=TRANSITIONS, initial=initial,
-                               auto_transitions=False, send_event=True, after_state_change="_persist_phase")
-        self._window: Window | None = None
-        # The tuning phase's work (agent/tuner): reads the run's run-config.yaml beside
-        # the journal, validating its tuner section now.
-        self.tuning = InRunTuning(journal, cfg.approvals, Path(journal.path).parent, notify=self._notify, log=log)
+        stage = (inrun.round_state(journal) or {}).get("stage")
+        self.machine = HierarchicalMachine(model=self, states=STATES, transitions=TRANSITIONS,
+                                           initial=phase_machine.initial_state(phase, stage),
+                                           auto_transitions=False, send_event=True)
+        self._window = Window(steps=(), evals=(), checkpoints=(), data_hints=data_hints)
+        self._round_outcome = ""
 
     # -- the round ------------------------------------------------------------------------
     def tick(self) -> None:
@@ -111,13 +95,14 @@ class Supervisor:
         self._expire()
         self._finish_non_command_proposals(window)
         self._judge_probation(window)
-        for proposal in propose(self.state, window, self.memory, self.policy_cfg):
+        for proposal in propose(self.phase, window, self.memory, self.policy_cfg):
             self._submit(proposal)
         self.journal.set_states({"memory": self.memory.model_dump(), "failures": self.failures})
 
     @property
     def phase(self) -> str:
-        return self.state
+        """The phase (``tuning`` while the machine is in one of the round's stages)."""
+        return phase_of(self.state)
 
     def note_child_event(self, kind: str, detail: str = "") -> None:
         """The daemon reports the trainer process's life: started, crashed, restarted, hung, finished, gave_up."""
@@ -125,18 +110,156 @@ class Supervisor:
         urgent = kind in ("crashed", "hung", "gave_up")
         self._notify(f"child_{kind}", f"trainer {kind}" + (f": {detail}" if detail else ""), urgent=urgent)
 
-    # -- phases ---------------------------------------------------------------------------
+    # -- moving the phase -----------------------------------------------------------------
+    def _advance_phase(self, w: Window) -> None:
+        """Try the machine's triggers in phase_machine's order; the guards decide."""
+        step = w.step or 0
+        if self._fire_first(phase_machine.PHASE_TRIGGERS, step):
+            return
+        self._fire_first(phase_machine.STAGE_TRIGGERS, step)
+        self._fire_first(phase_machine.END_TRIGGERS, step)
+
+    def _fire_first(self, triggers: tuple[str, ...], step: int) -> bool:
+        """Fire the first of ``triggers`` possible now (from this state, guards passing)."""
+        for name in triggers:
+            if getattr(self, f"may_{name}")(step=step):
+                return bool(self.trigger(name, step=step))  # type: ignore[attr-defined]
+        return False
+
+    # guards: the phases
+    def is_diverging(self, event: EventData) -> bool:
+        return signals.is_diverging(self._since_phase_began(self._window), self.policy_cfg)
+
+    def warmup_done(self, event: EventData) -> bool:
+        return signals.warmup_done(self._window.step or 0, self.policy_cfg)
+
+    def is_aligned(self, event: EventData) -> bool:
+        return signals.is_aligned(list(self._window.evals), self.policy_cfg)
+
+    def is_collapsed(self, event: EventData) -> bool:
+        return signals.is_collapsed(list(self._window.evals), self.memory.best_stable_diagonality, self.policy_cfg)
+
+    def tune_approved(self, event: EventData) -> bool:
+        return any(r.kind == "tune" for r in self.journal.proposals("approved", 20))
+
+    def recovery_was_applied(self, event: EventData) -> bool:
+        """A recovery (rollback, new LR or clip, pause) was applied since divergence began."""
+        since = self._phase_started_at()
+        return any(r.kind in _RECOVERY_KINDS and (r.applied_at or 0) >= since
+                   for r in self.journal.proposals("applied", 20))
+
+    def probation_passed(self, event: EventData) -> bool:
+        fresh = self._since_phase_began(self._window)
+        return len(fresh.steps) >= self.cfg.probation.steps and signals.is_healthy(fresh, self.policy_cfg)
+
     def was_aligned(self, event: EventData | None = None) -> bool:
         return self.memory.best_stable_diagonality is not None
 
-    def _persist_phase(self, event: EventData) -> None:
+    # effects: the phases
+    def _enter_phase(self, event: EventData) -> None:
+        """Entering a phase: a journal row (with the memory), a log event, a notification."""
         reason = event.kwargs.get("reason", event.event.name)
         step = event.kwargs.get("step")
-        self.journal.record_phase(self.state, step=step, reason=reason,
+        source = phase_of(event.transition.source)
+        self.journal.record_phase(self.phase, step=step, reason=reason,
                                   state={"memory": self.memory.model_dump()})
-        self._log("phase", source=event.transition.source, dest=self.state, reason=reason, step=step)
-        self._notify("phase", f"phase {event.transition.source} -> {self.state}: {reason}")
+        self._log("phase", source=source, dest=self.phase, reason=reason, step=step)
+        self._notify("phase", f"phase {source} -> {self.phase}: {reason}")
 
+    def _count_failed_recovery(self, event: EventData) -> None:
+        self._count_failure("diverged again during probation")
+
+    def _why_warmup_over(self, event: EventData) -> None:
+        event.kwargs["reason"] = f"warm-up over at step {event.kwargs.get('step')}"
+
+    def _remember_alignment(self, event: EventData) -> None:
+        e = self._window.evals[-1]
+        self.memory = self.memory.with_stable_diagonality(e.diagonality)
+        read = f", inference attention read {e.speech.read} of {e.speech.synthesized}" if e.speech else ""
+        event.kwargs["reason"] = f"aligned: diagonality {e.diagonality:.3f}, focus {e.focus:.3f}{read}"
+
+    def _announce_alignment(self, event: EventData) -> None:
+        e = self._window.evals[-1]
+        self._notify("aligned", f"attention aligned at step {event.kwargs.get('step')} "
+                                f"(diagonality {e.diagonality:.3f})")
+
+    def _track_stable_diagonality(self, event: EventData) -> None:
+        if self._window.evals:
+            self.memory = self.memory.with_stable_diagonality(self._window.evals[-1].diagonality)
+
+    def _why_collapse(self, event: EventData) -> None:
+        event.kwargs["reason"] = (f"attention collapsed: diagonality {self._window.evals[-1].diagonality:.3f} vs "
+                                  f"best {self.memory.best_stable_diagonality:.3f}")
+
+    def _reset_failures(self, event: EventData) -> None:
+        self.failures = 0
+
+    # guards: the tuning round (agent/tuner/inrun.py does the work)
+    def round_requested(self, event: EventData) -> bool:
+        return inrun.requested_round(self.journal) is not None
+
+    def has_tuner(self, event: EventData) -> bool:
+        return self.tuning is not None
+
+    def base_acknowledged(self, event: EventData) -> bool:
+        return self.tuning is None or self.tuning.base_acknowledged()
+
+    def base_usable(self, event: EventData) -> bool:
+        return self.tuning is not None and self.tuning.base_problem() is None
+
+    def trials_finished(self, event: EventData) -> bool:
+        return self.tuning is None or self.tuning.trials_finished()
+
+    def has_winner(self, event: EventData) -> bool:
+        return self.tuning is not None and self.tuning.trials_problem() is None
+
+    def winner_decided(self, event: EventData) -> bool:
+        return self.tuning is not None and self.tuning.winner_decided()
+
+    # effects: the tuning round
+    def _begin_round(self, event: EventData) -> None:
+        round_id = inrun.requested_round(self.journal)
+        assert self.tuning is not None and round_id is not None  # start_round's guards
+        self.tuning.begin(round_id)
+
+    def _fork_trials(self, event: EventData) -> None:
+        assert self.tuning is not None  # base_saved's guards
+        self.tuning.fork_trials()
+
+    def _propose_winner(self, event: EventData) -> None:
+        assert self.tuning is not None  # trials_over's guards
+        self.tuning.propose_winner(event.kwargs.get("step"))
+
+    def _abandon_without_tuner(self, event: EventData) -> None:
+        round_id = inrun.requested_round(self.journal)
+        self._round_outcome = inrun.abandon(self.journal, {"round": round_id}, inrun.NO_RUN_CONFIG,
+                                            event.kwargs.get("step"), resume=False, log=self.log)
+
+    def _abandon_without_base(self, event: EventData) -> None:
+        self._abandon(event, self.tuning.base_problem() if self.tuning is not None else None)
+
+    def _abandon_without_winner(self, event: EventData) -> None:
+        self._abandon(event, self.tuning.trials_problem() if self.tuning is not None else None)
+
+    def _abandon(self, event: EventData, why: str | None) -> None:
+        step = event.kwargs.get("step")
+        if self.tuning is None:
+            st = inrun.round_state(self.journal) or {}
+            self._round_outcome = inrun.abandon(self.journal, st, inrun.NO_RUN_CONFIG, step, log=self.log)
+        else:
+            self._round_outcome = self.tuning.abandon(why or "the round stopped", step)
+
+    def _settle_winner(self, event: EventData) -> None:
+        assert self.tuning is not None  # winner_decided's guard
+        self._round_outcome = self.tuning.settle_winner()
+
+    def _note_nothing_to_run(self, event: EventData) -> None:
+        self._round_outcome = "no tuning round to run"
+
+    def _why_tuning_done(self, event: EventData) -> None:
+        event.kwargs["reason"] = self._round_outcome or "no tuning round to run"
+
+    # -- phase history --------------------------------------------------------------------
     def _since_phase_began(self, w: Window) -> Window:
         """The part of the window recorded in the current phase: transitions judge fresh
         evidence only (a NaN the trainer skipped stays in the window for a long time)."""
@@ -145,61 +268,9 @@ class Supervisor:
                       evals=tuple(e for e in w.evals if e.wall_time >= since),
                       checkpoints=w.checkpoints, data_hints=w.data_hints)
 
-    def _advance_phase(self, w: Window) -> None:
-        step = w.step or 0
-        evals = list(w.evals)
-        fresh = self._since_phase_began(w)
-        if self.state != "diverging" and self.state in _ACTIVE and is_diverging(fresh, self.policy_cfg):
-            if self.state == "recovering":
-                self._count_failure("diverged again during probation")
-            self.diverge(reason="divergence: non-finite values, a loss spike or runaway validation loss", step=step)
-            return
-        if self.state == "warmup" and warmup_done(step, self.policy_cfg):
-            self.warmup_over(reason=f"warm-up over at step {step}", step=step)
-        elif self.state == "aligning" and is_aligned(evals, self.policy_cfg):
-            e = evals[-1]
-            self.memory = self.memory.with_stable_diagonality(e.diagonality)
-            read = f", inference attention read {e.speech.read} of {e.speech.synthesized}" if e.speech else ""
-            self.aligned(reason=f"aligned: diagonality {e.diagonality:.3f}, focus {e.focus:.3f}{read}", step=step)
-            self._notify("aligned", f"attention aligned at step {step} (diagonality {e.diagonality:.3f})")
-        elif self.state == "aligning" and self._approved("tune"):
-            self.start_tuning(reason="tuning requested", step=step)
-        elif self.state == "stable":
-            if evals:
-                self.memory = self.memory.with_stable_diagonality(evals[-1].diagonality)
-            if is_collapsed(evals, self.memory.best_stable_diagonality, self.policy_cfg):
-                self.collapse(reason=f"attention collapsed: diagonality {evals[-1].diagonality:.3f} vs best "
-                                     f"{self.memory.best_stable_diagonality:.3f}", step=step)
-            elif self._approved("tune"):
-                self.start_tuning(reason="tuning approved", step=step)
-        elif self.state == "diverging" and self._applied_since_phase(_RECOVERY_KINDS):
-            self.recovery_applied(reason="recovery applied; on probation", step=step)
-        elif self.state == "diverging" and self._probation_passed(w):
-            # Nothing was applied (no checkpoint to roll back to, or a human declined),
-            # yet the run is healthy again: probation decides the rest.
-            self.recovery_applied(reason="healthy again without an intervention; on probation", step=step)
-        elif self.state == "recovering" and self._probation_passed(w):
-            self.failures = 0
-            self.recovered(reason="healthy through probation", step=step)
-        elif self.state == "tuning":
-            done = self.tuning.advance(step)  # a round of trials, then the winner continues the run
-            if done is not None:
-                self.tuning_done(reason=done, step=step)
-
     def _phase_started_at(self) -> float:
         history = self.journal.phase_history(limit=1)
         return history[-1].wall_time if history else 0.0
-
-    def _applied_since_phase(self, kinds: set[str]) -> bool:
-        since = self._phase_started_at()
-        return any(r.kind in kinds and (r.applied_at or 0) >= since for r in self.journal.proposals("applied", 20))
-
-    def _approved(self, kind: str) -> bool:
-        return any(r.kind == kind for r in self.journal.proposals("approved", 20))
-
-    def _probation_passed(self, w: Window) -> bool:
-        fresh = self._since_phase_began(w)
-        return len(fresh.steps) >= self.cfg.probation.steps and is_healthy(fresh, self.policy_cfg)
 
     # -- proposals ------------------------------------------------------------------------
     def _submit(self, p: Proposal) -> None:
@@ -329,8 +400,8 @@ class Supervisor:
                       checkpoints=tuple(checkpoints), data_hints=self.data_hints)
 
     def _notify(self, kind: str, text: str, payload: dict | None = None, urgent: bool = False) -> None:
-        self.journal.outbox_put(kind, text, {**(payload or {}), "urgent": urgent, "phase": self.state})
+        self.journal.outbox_put(kind, text, {**(payload or {}), "urgent": urgent, "phase": self.phase})
 
     def _log(self, event: str, **fields: Any) -> None:
         if self.log is not None:
-            self.log.info(event, phase=self.state, **fields)
+            self.log.info(event, phase=self.phase, **fields)

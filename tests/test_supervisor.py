@@ -9,6 +9,7 @@ from transitions import MachineError
 
 from agent.config import SupervisorConfig
 from agent.journal import Journal
+from agent.phase_machine import DOC, diagram_block, documented_block
 from agent.supervisor import TRANSITIONS, Supervisor, state_diagram
 from trainer.control import CheckpointRecord, CommandResult, EvalRecord, StepTelemetry
 
@@ -52,6 +53,13 @@ def test_transition_table_and_diagram():
                                                                   "tuning"}
     diagram = state_diagram()
     assert "stateDiagram" in diagram and "diverging --> recovering: recovery_applied" in diagram
+
+
+def test_the_documented_state_diagram_is_the_machine():
+    """docs/supervisor.md shows the diagram generated from the machine (regenerate with
+    python -m agent.phase_machine --update-docs)."""
+    assert documented_block(DOC.read_text(encoding="utf-8")) == diagram_block()
+    assert "tuning_trials --> tuning_applying: trials_over [trials_finished & has_winner]" in state_diagram()
 
 
 def test_invalid_transition_is_refused(journal):

@@ -13,6 +13,7 @@ from agent.config import SupervisorConfig
 from agent.journal import Journal
 from agent.paths import child_config_path
 from agent.supervisor import Supervisor
+from agent.tuner.inrun import InRunTuning
 from agent.tuner.objective import Score
 from agent.tuner.study import RoundSummary, TrialResult
 from agent.tuner.trial_runner import TrialOutcome
@@ -41,7 +42,7 @@ def _setup(tmp_path, modes):
     child_config_path(run).write_text(yaml.safe_dump(RunConfig(run_dir=run).model_dump(mode="json")))
     journal = Journal(run / "journal.sqlite")
     cfg = SupervisorConfig.model_validate({"approvals": {"modes": modes}})
-    sup = Supervisor(journal, cfg, warmup_steps=0)
+    sup = Supervisor(journal, cfg, warmup_steps=0, tuning=InRunTuning.for_run(journal, cfg.approvals, run))
     journal.add_steps([_step(i) for i in range(1, 6)])
     sup.tick()  # warmup -> aligning
     journal.add_proposal(policy="cli", kind="tune", actions=[], reason="test.", aim="val_loss", approve_by="cli:t")
@@ -99,8 +100,10 @@ def test_a_round_cut_short_by_a_daemon_restart_resumes_the_run(tmp_path):
     journal.add_trial(round=1, study="s", number=0, params={}, baseline=True)
     journal.set_state("tuning_round", {**journal.get_state("tuning_round"), "stage": "trials", "base_step": 5,
                                        "base_path": str(run / "checkpoints" / "checkpoint_00000005.pt")})
-    again = Supervisor(journal, SupervisorConfig(), warmup_steps=0)  # a new daemon: no round thread
-    assert again.phase == "tuning"
+    cfg = SupervisorConfig()
+    again = Supervisor(journal, cfg, warmup_steps=0,  # a new daemon: no round thread
+                       tuning=InRunTuning.for_run(journal, cfg.approvals, run))
+    assert again.phase == "tuning" and again.state == "tuning_trials"
     again.tick()
     assert again.phase == "aligning"
     (trial,) = journal.trials()
@@ -112,9 +115,28 @@ def test_a_round_cut_short_by_a_daemon_restart_resumes_the_run(tmp_path):
     journal.close()
 
 
+def test_a_run_without_a_tuner_abandons_a_requested_round(tmp_path):
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        sup = Supervisor(journal, SupervisorConfig(), warmup_steps=0, tuning=None)
+        journal.add_steps([_step(i) for i in range(1, 6)])
+        sup.tick()  # warmup -> aligning
+        tune = journal.add_proposal(policy="cli", kind="tune", actions=[], reason="test.", aim="val_loss",
+                                    approve_by="cli:t")
+        sup.tick()  # aligning -> tuning
+        assert sup.state == "tuning_requested"
+        sup.tick()  # no tuner: the round ends at once, and the phase with it
+        assert sup.phase == "aligning"
+        assert journal.get_proposal(tune.id).status == "failed"
+        assert journal.phase_history()[-1].reason == "tuning round abandoned: no run config (run-config.yaml) to " \
+                                                     "fork trials from"
+        assert not journal.pending_commands()  # nothing was paused, so nothing resumes
+        assert any(m.kind == "tuning_failed" for m in journal.outbox_pending())
+
+
 def test_a_bad_tuner_section_stops_the_supervisor_at_start(tmp_path):
     import pytest
 
+    from agent.daemon import default_supervisor
     from trainer.errors import UserError
 
     run = tmp_path / "run"
@@ -124,4 +146,4 @@ def test_a_bad_tuner_section_stops_the_supervisor_at_start(tmp_path):
     child_config_path(run).write_text(yaml.safe_dump(raw))
     with Journal(run / "journal.sqlite") as journal:
         with pytest.raises(UserError, match=r"tuner\.round\.trails"):
-            Supervisor(journal, SupervisorConfig())
+            default_supervisor(journal, SupervisorConfig(), warmup_steps=0)

@@ -49,3 +49,25 @@ def test_offline_study_resumes_with_continued_numbering_and_writes_a_ready_confi
         assert loaded.optim.learning_rate == cfg.optim.learning_rate  # the baseline: the config as it is
     assert f"smart-tuner train --config {best}" in out and "optuna-dashboard" in out
 
+
+
+def test_a_trial_that_breaks_in_the_tuner_is_one_structured_log_line(capsys):
+    """A trial lost to an error in the tuner itself (Optuna, a hook, building its spec)
+    is logged as one event with the exception's type and message, not a traceback
+    printed inside the daemon; the other trials go on."""
+    import optuna
+    from structlog.testing import capture_logs
+
+    from agent.tuner.config import TunerConfig
+    from agent.tuner.study import run_trials
+
+    def build(number, params, baseline):
+        raise ValueError(f"no folder for trial {number}")
+
+    study = optuna.create_study()
+    with capture_logs() as logs:
+        assert run_trials(study, 2, TunerConfig(), build) == []
+    lost = [e for e in logs if e["event"] == "trial lost"]
+    assert [(e["log_level"], e["error"], e["message"]) for e in lost] == [
+        ("error", "ValueError", "no folder for trial 0"), ("error", "ValueError", "no folder for trial 1")]
+    assert "Traceback" not in capsys.readouterr().err

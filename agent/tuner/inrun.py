@@ -1,8 +1,12 @@
 """The supervisor's ``tuning`` phase: one round of trials, then the winner continues the run.
 
-``InRunTuning.advance()`` runs at every supervisor tick while the phase is ``tuning``
-and moves the round through its stages, each kept in the journal (state key
-``tuning_round``) so that a restarted daemon knows where a round stood:
+The round's stages are nested states of the supervisor's state machine
+(``tuning_requested``, ``tuning_checkpointing``, ``tuning_trials``, ``tuning_applying``,
+``tuning_over``: see agent/phase_machine.py); ``InRunTuning`` supplies what their
+transitions ask (guards: is the base saved, are the trials over, is the winner
+decided) and do (effects: queue the commands, fork the trials, propose the winner).
+Each stage is also kept in the journal (state key ``tuning_round``), so that a
+restarted daemon knows where a round stood:
 
 1. **checkpointing**: ``save_checkpoint`` and ``pause`` are queued for the trainer; the
    saved checkpoint (found in the journal's registry by the acknowledged step) is the
@@ -22,6 +26,9 @@ and moves the round through its stages, each kept in the journal (state key
 Whatever goes wrong (no checkpoint, every trial failed, the daemon restarted mid-round)
 ends the round with ``resume`` and the main run continues as it was; the base
 checkpoint itself is never written by the round.
+
+The daemon builds the tuner (:meth:`InRunTuning.for_run`) and hands it to the
+supervisor.
 """
 
 from __future__ import annotations
@@ -30,15 +37,69 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from agent.config import ApprovalConfig
 from agent.journal import Journal
 from agent.paths import child_config_path
 from trainer.control import ContinueFrom, Pause, Resume, SaveCheckpoint
 
+if TYPE_CHECKING:
+    from trainer.config import RunConfig
+
 STATE_KEY = "tuning_round"
-Notify = Callable[..., None]  # (kind, text, payload=None, urgent=False)
+NO_RUN_CONFIG = "no run config (run-config.yaml) to fork trials from"
+
+
+def round_state(journal: Journal) -> dict[str, Any] | None:
+    """Where the newest round stands (``round``, ``stage``, ...), None before the first."""
+    return journal.get_state(STATE_KEY)
+
+
+def requested_round(journal: Journal) -> int | None:
+    """The id of an approved ``tune`` proposal that has no round yet (a new round to begin)."""
+    st = round_state(journal)
+    tune = next((p for p in journal.proposals("approved", 20) if p.kind == "tune"), None)
+    if tune is not None and (st is None or st.get("round") != tune.id):
+        return tune.id
+    return None
+
+
+def notify(journal: Journal, kind: str, text: str, payload: dict | None = None, urgent: bool = False) -> None:
+    """A notification from the tuning phase (the supervisor's outbox row format)."""
+    journal.outbox_put(kind, text, {**(payload or {}), "urgent": urgent, "phase": "tuning"})
+
+
+def resume_unless_held(journal: Journal, st: dict[str, Any]) -> None:
+    """End the round's own pause, but not a pause someone else asked for meanwhile."""
+    if journal.last_pause_or_resume_by_others(st.get("started_at", 0.0), "tuner") == "pause":
+        notify(journal, "tuning", f"tuning round #{st['round']} is over; the run stays paused, as it was paused "
+                                  "during the round (resume it to continue)")
+        return
+    journal.enqueue_command(Resume(), source="tuner")
+
+
+def abandon(journal: Journal, st: dict[str, Any], why: str, step: int | None, *, resume: bool = True,
+            log: Any = None) -> str:
+    """End a round without a winner: its trials and its ``tune`` proposal failed, the run
+    resumed (unless held); returns why the phase is over."""
+    round_id = st["round"]
+    journal.fail_running_trials(why, round=round_id)
+    journal.finish_proposal(round_id, "failed", step=step, detail=why)
+    if resume:
+        resume_unless_held(journal, st)
+    journal.set_state(STATE_KEY, {**st, "stage": "done"})
+    notify(journal, "tuning_failed", f"tuning round #{round_id} ended without a winner: {why}; the run continues "
+                                     "with its current settings", urgent=False)
+    if log is not None:
+        log.warning("tuning round abandoned", round=round_id, why=why)
+    return f"tuning round abandoned: {why}"
+
+
+def _tally(summary: Any) -> tuple[str, dict[str, int]]:
+    counts = {k: sum(1 for r in summary.results if r.state == k) for k in ("complete", "pruned", "failed")}
+    return (f"{len(summary.results)} trials ({counts['complete']} complete, {counts['pruned']} pruned, "
+            f"{counts['failed']} failed)"), counts
 
 
 class _JournalHooks:
@@ -83,77 +144,107 @@ class _JournalHooks:
 
 
 class InRunTuning:
-    def __init__(self, journal: Journal, approvals: ApprovalConfig, run_dir: str | Path, notify: Notify,
+    """One run's tuning rounds: the guards and effects of the ``tuning_*`` stages."""
+
+    def __init__(self, journal: Journal, approvals: ApprovalConfig, run_dir: str | Path, config: RunConfig,
                  log: Any = None) -> None:
+        from agent.tuner.config import tuner_config
+
         self.journal = journal
         self.approvals = approvals
         self.run_dir = Path(run_dir)
-        self.notify = notify
+        self.config = config
+        # Validated now: a bad key stops `smart-tuner run` at start, not hours later at
+        # the first plateau.
+        self.tuner = tuner_config(config.tuner)
         self.log = log
         self._thread: threading.Thread | None = None
         self._summary: Any = None
         self._error: str | None = None
         self._stop = threading.Event()
-        # Validate the tuner section now (a bad key stops `smart-tuner run` at start, not
-        # hours later at the first plateau). No run config (tests, a bare journal): the
-        # round will say so.
-        self.config, self.tuner = self._load()
 
-    def _load(self) -> tuple[Any, Any]:
-        from agent.tuner.config import tuner_config
+    @classmethod
+    def for_run(cls, journal: Journal, approvals: ApprovalConfig, run_dir: str | Path,
+                log: Any = None) -> InRunTuning | None:
+        """The tuner of the run in ``run_dir``, from the run-config.yaml the daemon wrote
+        there (URL passwords masked, as trials write it into their folders); None without one."""
         from trainer.config import load_config
 
-        path = child_config_path(self.run_dir)
+        path = child_config_path(run_dir)
         if not path.exists():
-            return None, None
-        config = load_config(path)
-        return config, tuner_config(config.tuner)
+            return None
+        return cls(journal, approvals, run_dir, load_config(path), log=log)
 
-    # -- the tick -----------------------------------------------------------------------------
-    def advance(self, step: int | None) -> str | None:
-        """Move the round on; returns why the phase is over, or None while it goes on."""
-        st = self.journal.get_state(STATE_KEY)
-        tune = next((p for p in self.journal.proposals("approved", 20) if p.kind == "tune"), None)
-        if tune is not None and (st is None or st.get("round") != tune.id):
-            return self._begin(tune.id, step)
-        if st is None or st.get("stage") == "done":
-            return "no tuning round to run"
-        stage = st["stage"]
-        if stage == "checkpointing":
-            return self._await_base(st, step)
-        if stage == "trials":
-            return self._await_trials(st, step)
-        return self._await_apply(st, step)
+    def _state(self) -> dict[str, Any]:
+        return round_state(self.journal) or {}
 
     def _save(self, st: dict[str, Any]) -> None:
         self.journal.set_state(STATE_KEY, st)
 
-    def _begin(self, round_id: int, step: int | None) -> str | None:
-        if self.config is None:
-            return self._abort({"round": round_id}, "no run config (run-config.yaml) to fork trials from", step,
-                               resume=False)
+    # -- guards ---------------------------------------------------------------------------------
+    def base_acknowledged(self) -> bool:
+        """The trainer has answered the round's save_checkpoint and pause."""
+        st = self._state()
+        save, pause = self.journal.get_command(st.get("save", "")), self.journal.get_command(st.get("pause", ""))
+        return not (save is None or save.acked_at is None or pause is None or pause.acked_at is None)
+
+    def base_problem(self) -> str | None:
+        """Why the acknowledged save gives no base to fork from (None: it does)."""
+        save = self.journal.get_command(self._state().get("save", ""))
+        if save is None:
+            return "the round's save_checkpoint command is not in the journal"
+        if not save.ok:
+            return f"the trainer could not save a base checkpoint: {save.detail}"
+        if self._base(save.step) is None:
+            return f"no checkpoint of step {save.step} on disk to fork from"
+        return None
+
+    def _base(self, step: int | None) -> Any:
+        return next((c for c in self.journal.checkpoints(20) if c.step == step and Path(c.path).exists()), None)
+
+    def trials_finished(self) -> bool:
+        """The round's thread is over (or there is none: the daemon restarted mid-round)."""
+        return self._thread is None or not self._thread.is_alive()
+
+    def trials_problem(self) -> str | None:
+        """Why the finished round has no winner to propose (None: it has one)."""
+        if self._thread is None:
+            return "the daemon restarted during the round"
+        if self._summary is None:
+            return f"the round failed: {self._error}"
+        if self._summary.winner is None:
+            return f"no trial completed: {_tally(self._summary)[0]}"
+        return None
+
+    def winner_decided(self) -> bool:
+        """The apply_winner proposal is settled: applied, failed, rejected or expired."""
+        p = self.journal.get_proposal(self._state().get("apply", -1))
+        return p is not None and p.status not in ("proposed", "approved")
+
+    # -- effects --------------------------------------------------------------------------------
+    def begin(self, round_id: int) -> None:
+        """Entering ``tuning_checkpointing``: queue save_checkpoint and pause for the trainer."""
         save, pause = SaveCheckpoint(), Pause()
         self.journal.enqueue_command(save, source="tuner")
         self.journal.enqueue_command(pause, source="tuner")
         self._save({"round": round_id, "stage": "checkpointing", "save": save.id, "pause": pause.id,
                     "started_at": time.time()})
-        self.notify("tuning", f"tuning round #{round_id}: checkpointing and pausing the trainer, then "
-                              f"{self.tuner.round.trials} trials of {self.tuner.round.steps} steps")
-        return None
+        notify(self.journal, "tuning", f"tuning round #{round_id}: checkpointing and pausing the trainer, then "
+                                       f"{self.tuner.round.trials} trials of {self.tuner.round.steps} steps")
 
-    def _await_base(self, st: dict[str, Any], step: int | None) -> str | None:
-        save, pause = self.journal.get_command(st["save"]), self.journal.get_command(st["pause"])
-        if save is None or save.acked_at is None or pause is None or pause.acked_at is None:
-            return None
-        if not save.ok:
-            return self._abort(st, f"the trainer could not save a base checkpoint: {save.detail}", step)
-        base = next((c for c in self.journal.checkpoints(20) if c.step == save.step and Path(c.path).exists()), None)
-        if base is None:
-            return self._abort(st, f"no checkpoint of step {save.step} on disk to fork from", step)
+    def fork_trials(self) -> None:
+        """Entering ``tuning_trials``: the saved checkpoint is the base; the round's thread starts."""
+        st = self._state()
+        save = self.journal.get_command(st["save"])
+        base = self._base(save.step if save is not None else None)
         st.update(stage="trials", base_step=base.step, base_path=base.path)
         self._save(st)
         self._start_round(st)
-        return None
+
+    def abandon(self, why: str, step: int | None) -> str:
+        """Entering ``tuning_over`` without a winner; returns why the phase is over."""
+        self._thread = None
+        return abandon(self.journal, self._state(), why, step, log=self.log)
 
     def _current_values(self) -> dict[str, float]:
         """The run's hyperparameters now: the trainer's live values from its newest step
@@ -194,26 +285,15 @@ class InRunTuning:
         self._thread = threading.Thread(target=work, name=f"tuning-round-{round_id}", daemon=True)
         self._thread.start()
 
-    def _await_trials(self, st: dict[str, Any], step: int | None) -> str | None:
-        if self._thread is None:
-            return self._abort(st, "the daemon restarted during the round", step)
-        if self._thread.is_alive():
-            return None
-        self._thread = None
-        if self._summary is None:
-            return self._abort(st, f"the round failed: {self._error}", step)
-        return self._conclude(st, self._summary, step)
-
-    def _conclude(self, st: dict[str, Any], summary: Any, step: int | None) -> str | None:
+    def propose_winner(self, step: int | None) -> None:
+        """Entering ``tuning_applying``: the round's report, and the apply_winner proposal."""
         from agent.tuner.space import describe
 
+        st, summary = self._state(), self._summary
+        self._thread = None
         rows = {r.number: r for r in self.journal.trials(round=st["round"])}
-        counts = {k: sum(1 for r in summary.results if r.state == k) for k in ("complete", "pruned", "failed")}
-        tally = f"{len(summary.results)} trials ({counts['complete']} complete, {counts['pruned']} pruned, " \
-                f"{counts['failed']} failed)"
+        tally, counts = _tally(summary)
         winner, baseline = summary.winner, summary.baseline
-        if winner is None:
-            return self._abort(st, f"no trial completed: {tally}", step)
         if winner.number in rows:
             self.journal.set_trial_winner(rows[winner.number].id)
         base_score = baseline.score.total if baseline is not None and baseline.state == "complete" else None
@@ -243,19 +323,19 @@ class InRunTuning:
                                         else None, approve_by="auto" if mode == "auto" else None)
         if mode == "notify":
             self.journal.decide(row.id, "rejected", by="policy:notify-only", enqueue=False)
-        self.notify("tuning_winner" if mode != "ask" else "proposal_ask",
-                    f"#{row.id} tuner: {reason}" + (f" Approve with 'smart-tuner approve {row.id}'." if mode == "ask"
-                                                     else ""), payload={"proposal_id": row.id}, urgent=mode == "ask")
+        notify(self.journal, "tuning_winner" if mode != "ask" else "proposal_ask",
+               f"#{row.id} tuner: {reason}" + (f" Approve with 'smart-tuner approve {row.id}'." if mode == "ask"
+                                               else ""), payload={"proposal_id": row.id}, urgent=mode == "ask")
         st.update(stage="applying", apply=row.id, winner=winner.number,
                   baseline_checkpoint=baseline.outcome.checkpoint if baseline is not None
                   and baseline.state == "complete" else None)
         self._save(st)
-        return None
 
-    def _await_apply(self, st: dict[str, Any], step: int | None) -> str | None:
+    def settle_winner(self) -> str:
+        """Leaving ``tuning_applying`` once the winner is decided; returns why the phase is over."""
+        st = self._state()
         p = self.journal.get_proposal(st["apply"])
-        if p is None or p.status in ("proposed", "approved"):
-            return None  # waiting for a human, or for the trainer's acknowledgements
+        assert p is not None  # the guard (winner_decided) found it
         if p.status == "applied":
             self._finish(st)
             return f"winner of round #{st['round']} applied (trial {st['winner']})"
@@ -266,32 +346,11 @@ class InRunTuning:
         # steps the baseline trial trained with the current settings.
         if st.get("baseline_checkpoint"):
             self.journal.enqueue_command(ContinueFrom(path=st["baseline_checkpoint"]), source="tuner")
-        self._resume_unless_held(st)
+        resume_unless_held(self.journal, st)
         self._finish(st)
         return f"winner {p.status}; continuing with the current settings" + (
             " from the baseline trial" if st.get("baseline_checkpoint") else "")
 
-    def _resume_unless_held(self, st: dict[str, Any]) -> None:
-        """End the round's own pause, but not a pause someone else asked for meanwhile."""
-        if self.journal.last_pause_or_resume_by_others(st.get("started_at", 0.0), "tuner") == "pause":
-            self.notify("tuning", f"tuning round #{st['round']} is over; the run stays paused, as it was paused "
-                                  "during the round (resume it to continue)")
-            return
-        self.journal.enqueue_command(Resume(), source="tuner")
-
     def _finish(self, st: dict[str, Any]) -> None:
         st["stage"] = "done"
         self._save(st)
-
-    def _abort(self, st: dict[str, Any], why: str, step: int | None, resume: bool = True) -> str:
-        round_id = st["round"]
-        self.journal.fail_running_trials(why, round=round_id)
-        self.journal.finish_proposal(round_id, "failed", step=step, detail=why)
-        if resume:
-            self._resume_unless_held(st)
-        self._finish(st)
-        self.notify("tuning_failed", f"tuning round #{round_id} ended without a winner: {why}; the run continues "
-                                     "with its current settings", urgent=False)
-        if self.log is not None:
-            self.log.warning("tuning round abandoned", round=round_id, why=why)
-        return f"tuning round abandoned: {why}"

@@ -22,16 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-import structlog
-
 from agent.procs import proc_alive
 from agent.tuner.config import TunerConfig
 from agent.tuner.objective import Score, score
 from agent.tuner.space import clamp, suggest
 from agent.tuner.trial_child import TrialSpec
 from agent.tuner.trial_runner import TrialOutcome, run_trial
-
-log = structlog.get_logger(__name__)
 
 
 def open_storage(url: str | None, default_file: Path, cfg: TunerConfig | None = None) -> Any:
@@ -116,7 +112,7 @@ def open_study(storage: Any, name: str, cfg: TunerConfig, steps: int) -> tuple[A
     exactly one creates it (the storage refuses a second study of that name)."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials: the hooks say it, without a traceback
     kwargs: dict[str, Any] = ({"directions": ["minimize", "minimize"]} if cfg.objective.multi_objective
                               else {"direction": "minimize"})
     sampler, pruner = make_sampler(cfg), make_pruner(cfg, steps)
@@ -203,13 +199,24 @@ def run_trials(study: Any, n_trials: int, cfg: TunerConfig, build: SpecBuilder, 
     """
     import optuna
 
+    # Optuna warns with a traceback about every failed trial; the hooks report them.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     hooks = hooks or NoHooks()
     lock = threading.Lock()
     results: list[TrialResult] = []
     left = [n_trials]
 
+    def lost(device: str | None, exc: BaseException) -> None:
+        from agent.logs import get_logger
+
+        get_logger().error("trial lost", device=device, error=type(exc).__name__, message=str(exc))
+
     def objective(trial: Any, device: str | None) -> Any:
-        result = _run_one(trial, cfg, build, hooks, device)
+        try:
+            result = _run_one(trial, cfg, build, hooks, device)
+        except Exception as exc:  # noqa: BLE001 - a hook or the spec broke: Optuna records FAIL, the others go on
+            lost(device, exc)
+            raise TrialFailed(f"{type(exc).__name__}: {exc}") from None
         with lock:
             results.append(result)
         if result.state == "complete":
@@ -230,8 +237,8 @@ def run_trials(study: Any, n_trials: int, cfg: TunerConfig, build: SpecBuilder, 
                 # storages), fails stale trials of dead workers first, and tells the outcome.
                 study.optimize(lambda trial: objective(trial, device), n_trials=1, catch=(TrialFailed,),
                                gc_after_trial=False, show_progress_bar=False)
-            except Exception as exc:  # noqa: BLE001 - Optuna or a hook broke: this trial is lost, the others go on
-                log.warning("tuning trial lost", error=f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - Optuna broke: this trial is lost, the others go on
+                lost(device, exc)
 
     # Daemon threads (not a ThreadPoolExecutor, whose workers the interpreter joins at
     # exit): a daemon that is stopped must not wait for a round to finish.
