@@ -194,9 +194,9 @@ def _supervise(config: Any, log_format: str, **extra: Any) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from trainer.config import load_config
+    from trainer.config import load_config, parse_overrides
 
-    config = load_config(args.config, cli_train._parse_overrides(args.set))
+    config = load_config(args.config, parse_overrides(args.set))
     extra = {"new_journal": True} if args.new_journal else {}
     return _supervise(config, args.log_format, **extra)
 
@@ -225,9 +225,9 @@ class _Run:
                 raise UserError("--set only applies with --config C (with --run-dir DIR the folder is given)")
             self.run_dir = Path(args.run_dir)
         elif self.config_arg is not None:
-            from trainer.config import load_config
+            from trainer.config import load_config, parse_overrides
 
-            self.config = load_config(self.config_arg, cli_train._parse_overrides(args.set))
+            self.config = load_config(self.config_arg, parse_overrides(args.set))
             self.run_dir = Path(self.config.run_dir)
         else:
             raise UserError(f"which run? give --run-dir DIR (the run's folder) or --config C (its config), "

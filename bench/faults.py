@@ -87,8 +87,7 @@ def vanilla_main(argv: list[str]) -> int:
 
     from agent.faults import faults_from_env
     from trainer.callbacks import BaseCallback, ConsoleProgress
-    from trainer.cli_train import _parse_overrides
-    from trainer.config import load_config
+    from trainer.config import load_config, parse_overrides
     from trainer.errors import UserError
     from trainer.loop import Trainer
 
@@ -116,7 +115,7 @@ def vanilla_main(argv: list[str]) -> int:
             self._w(t="end", step=trainer.step, reason=reason)
 
     try:
-        config = load_config(args.config, _parse_overrides(args.set))
+        config = load_config(args.config, parse_overrides(args.set))
         # The callbacks of trainer.cli_train.run_training (smart-tuner train), then ours.
         callbacks: list = [ConsoleProgress(config.train.log_every)]
         if config.tracking.enabled:

@@ -40,8 +40,7 @@ def main() -> int:
 
     import torch
 
-    from trainer import cli_train
-    from trainer.config import load_config
+    from trainer.config import load_config, parse_overrides
     from trainer.evaluate import EVAL_SEED
     from trainer.loop import Trainer
 
@@ -49,7 +48,7 @@ def main() -> int:
         overrides = {"run_dir": tmp, "data.training_files": str(args.data / "train.txt"),
                      "data.validation_files": str(args.data / "val.txt"), "tracking.enabled": False,
                      **({"train.torch_threads": args.threads} if args.threads else {}),
-                     **cli_train._parse_overrides(args.set)}
+                     **parse_overrides(args.set)}
         config = load_config(args.config, overrides)
         trainer = Trainer(config)
         speech = trainer.evaluator.speech

@@ -33,11 +33,10 @@ from tables import print_rows  # noqa: E402
 
 
 def _config(args, run_dir: Path, extra: dict | None = None):
-    from trainer import cli_train
-    from trainer.config import load_config
+    from trainer.config import load_config, parse_overrides
 
     overrides = {"run_dir": str(run_dir), "train.torch_threads": args.threads, "tracking.enabled": False,
-                 **cli_train._parse_overrides(args.set), **(extra or {})}
+                 **parse_overrides(args.set), **(extra or {})}
     return load_config(args.config, overrides)
 
 

@@ -7,27 +7,8 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 from trainer.errors import UserError
-
-
-def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    import yaml
-
-    from trainer.redact import has_secret, mask_text
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set {pair!r}: expected section.key=value, e.g. --set optim.learning_rate=3e-4")
-        out[key.strip()] = yaml.safe_load(value)
-        if has_secret(value):  # used as given, but said once: argv is not a place for passwords
-            print(f"warning: --set {mask_text(pair)}: a password on the command line can be read by every user of "
-                  "this machine (ps); for MLflow use MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD "
-                  "(environment or .env)", file=sys.stderr, flush=True)
-    return out
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -149,9 +130,9 @@ def _train_one_rank(config, resume, warm_start, ignore_layers, mlflow) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from trainer.config import load_config
+    from trainer.config import load_config, parse_overrides
 
-    config = load_config(args.config, _parse_overrides(args.set))
+    config = load_config(args.config, parse_overrides(args.set))
     ignore = [s.strip() for s in args.ignore_layers.split(",") if s.strip()]
     if ignore and args.warm_start is None:
         raise UserError("--ignore-layers only applies with --warm-start CKPT")
@@ -184,10 +165,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from trainer.callbacks import describe_speech
-    from trainer.config import load_config
+    from trainer.config import load_config, parse_overrides
     from trainer.speech.offline import evaluate_checkpoint
 
-    overrides = _parse_overrides(args.set)
+    overrides = parse_overrides(args.set)
     config = None
     if args.config:
         config = load_config(args.config, overrides)

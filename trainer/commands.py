@@ -7,8 +7,9 @@ result that is sent back as the command's acknowledgement.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
+from trainer import tunables
 from trainer.checkpoint import CheckpointError
 from trainer.control import (
     ApplyHyperparameters,
@@ -34,31 +35,36 @@ class CommandFailed(Exception):
     pass
 
 
+class NoHandler(CommandFailed):
+    """A command type this trainer cannot apply (declared in trainer/control.py, no
+    handler here): acknowledged as failed instead of ending the run."""
+
+
+def _set(t: "Trainer", values: dict[str, float]) -> str:
+    try:
+        return "; ".join(tunables.apply(t, values))
+    except tunables.OutOfBounds as exc:
+        raise CommandFailed(str(exc)) from None
+
+
 def _set_lr(t: "Trainer", c: SetLearningRate) -> str:
-    old = t.current_lr
-    new = c.value if c.value is not None else old * c.factor
-    t.set_lr(new)
-    return f"learning rate {old:.3g} -> {new:.3g}"
+    new = c.value if c.value is not None else t.current_lr * c.factor
+    return _set(t, {"learning_rate": new})
 
 
 def _set_guided(t: "Trainer", c: SetGuidedAttention) -> str:
-    w = t.loss_weights
-    old = (w.guided_attention_weight, w.guided_attention_sigma)
-    w.guided_attention_weight = c.weight
+    values = {"guided_attention_weight": c.weight}
     if c.sigma is not None:
-        w.guided_attention_sigma = c.sigma
-    return f"guided attention weight/sigma {old[0]:.3g}/{old[1]:.3g} -> {w.guided_attention_weight:.3g}/" \
-           f"{w.guided_attention_sigma:.3g}"
+        values["guided_attention_sigma"] = c.sigma
+    return _set(t, values)
 
 
 def _set_gate(t: "Trainer", c: SetGatePosWeight) -> str:
-    old, t.loss_weights.gate_pos_weight = t.loss_weights.gate_pos_weight, c.value
-    return f"gate positive weight {old:.3g} -> {c.value:.3g}"
+    return _set(t, {"gate_pos_weight": c.value})
 
 
 def _set_clip(t: "Trainer", c: SetGradClip) -> str:
-    old, t.grad_clip = t.grad_clip, c.value
-    return f"gradient clip {old:.3g} -> {c.value:.3g}"
+    return _set(t, {"grad_clip_thresh": c.value})
 
 
 def _save(t: "Trainer", c: SaveCheckpoint) -> str:
@@ -73,30 +79,7 @@ def _rollback(t: "Trainer", c: Rollback) -> str:
 
 
 def _apply(t: "Trainer", c: ApplyHyperparameters) -> str:
-    v = c.values
-    dropouts = {k: v[k] for k in ("p_attention_dropout", "p_decoder_dropout", "prenet_dropout") if k in v}
-    for key, value in dropouts.items():  # checked before anything changes: all or nothing
-        if not 0.0 <= value < 1.0:
-            raise CommandFailed(f"{key} must be in [0, 1), not {value}")
-    done = []
-    if "learning_rate" in v:
-        done.append(_set_lr(t, SetLearningRate(value=v["learning_rate"])))
-    if "guided_attention_weight" in v or "guided_attention_sigma" in v:
-        done.append(_set_guided(t, SetGuidedAttention(
-            weight=v.get("guided_attention_weight", t.loss_weights.guided_attention_weight),
-            sigma=v.get("guided_attention_sigma"))))
-    if "gate_pos_weight" in v:
-        done.append(_set_gate(t, SetGatePosWeight(value=v["gate_pos_weight"])))
-    if "grad_clip_thresh" in v:
-        done.append(_set_clip(t, SetGradClip(value=v["grad_clip_thresh"])))
-    if "weight_decay" in v:
-        for group in t.optimizer.param_groups:
-            group["weight_decay"] = v["weight_decay"]
-        done.append(f"weight decay -> {v['weight_decay']:.3g}")
-    if dropouts:
-        t.set_dropouts(dropouts)
-        done.append("dropouts -> " + ", ".join(f"{k}={x:.3g}" for k, x in dropouts.items()))
-    return "; ".join(done)
+    return _set(t, c.values)
 
 
 def _continue(t: "Trainer", c: ContinueFrom) -> str:
@@ -121,12 +104,20 @@ def _stop(t: "Trainer", c: Stop) -> str:
     return "stopping after a final checkpoint"
 
 
-_HANDLERS = {
+_HANDLERS: dict[str, Callable[["Trainer", Any], str]] = {
     "set_lr": _set_lr, "set_guided_attention": _set_guided, "set_gate_pos_weight": _set_gate,
     "set_grad_clip": _set_clip, "save_checkpoint": _save, "rollback": _rollback, "apply_hparams": _apply,
     "continue_from": _continue,
     "pause": _pause, "resume": _resume, "stop": _stop,
 }
+
+
+def handler_for(kind: str) -> Callable[["Trainer", Any], str]:
+    try:
+        return _HANDLERS[kind]
+    except KeyError:
+        raise NoHandler(f"this trainer has no handler for command kind {kind!r}; it knows "
+                        f"{', '.join(sorted(_HANDLERS))}") from None
 
 
 def apply_command(trainer: "Trainer", command: Command) -> CommandResult:
@@ -135,7 +126,7 @@ def apply_command(trainer: "Trainer", command: Command) -> CommandResult:
         return CommandResult(command_id=command.id, kind=command.kind, ok=True, duplicate=True,
                              detail="already applied", step=trainer.step)
     try:
-        detail = _HANDLERS[command.kind](trainer, command)
+        detail = handler_for(command.kind)(trainer, command)
         ok = True
     except CommandFailed as exc:
         detail, ok = str(exc), False

@@ -8,6 +8,7 @@ is their LJSpeech recipe and their checkpoints load at default settings.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -417,6 +418,24 @@ def config_from_checkpoint(saved: dict[str, Any]) -> RunConfig:
     change the model, and loading a checkpoint must not need the packages that measured it."""
     evaluation = {k: v for k, v in (saved.get("eval") or {}).items() if k not in ("custom_metrics", "metrics")}
     return RunConfig.model_validate({**saved, "eval": evaluation})
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set section.key=value`` pairs as the ``overrides`` of :func:`load_config`
+    (each value read as YAML: ``3e-4`` a number, ``[a, b]`` a list)."""
+    from trainer.redact import has_secret, mask_text
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {pair!r}: expected section.key=value, e.g. --set optim.learning_rate=3e-4")
+        out[key.strip()] = yaml.safe_load(value)
+        if has_secret(value):  # used as given, but said once: argv is not a place for passwords
+            print(f"warning: --set {mask_text(pair)}: a password on the command line can be read by every user of "
+                  "this machine (ps); for MLflow use MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD "
+                  "(environment or .env)", file=sys.stderr, flush=True)
+    return out
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:

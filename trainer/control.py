@@ -24,6 +24,8 @@ from typing import Annotated, Any, Literal, Protocol, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from trainer.tunables import TUNABLES
+
 
 class _Record(BaseModel):
     # NaN and infinities are real telemetry values: keep them through JSON.
@@ -194,8 +196,8 @@ class Rollback(_Command):
     skip_batches: int = Field(0, ge=0)
 
 
-HYPERPARAMETERS = ("learning_rate", "guided_attention_weight", "guided_attention_sigma", "gate_pos_weight",
-                   "grad_clip_thresh", "weight_decay", "p_attention_dropout", "p_decoder_dropout", "prenet_dropout")
+# The names apply_hparams accepts: every tunable of trainer/tunables.py.
+HYPERPARAMETERS: tuple[str, ...] = tuple(TUNABLES)
 
 
 class ApplyHyperparameters(_Command):

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from trainer.control import EvalRecord
 from trainer.plugins import METRICS_GROUP, collect
 
 if TYPE_CHECKING:
@@ -65,4 +64,6 @@ class CustomMetric:
 def load_custom_metrics(import_paths: Sequence[str]) -> dict[str, CustomMetric]:
     """The installed custom metrics plus those at ``import_paths``, by name."""
     # Not the name of a built-in figure: MLflow logs both under their names.
+    from trainer.control import EvalRecord  # here: trainer.config imports this module, control imports config
+
     return collect(METRICS_GROUP, import_paths, CustomMetric, "metric", reserved=tuple(EvalRecord.model_fields))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from trainer import distributed
+from trainer import distributed, tunables
 from trainer.callbacks import Callback
 from trainer.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from trainer.commands import apply_command
@@ -36,10 +36,9 @@ from trainer.schedule import LRSchedule
 from trainer.speech.freerun import build_free_running, frames_per_token
 from trainer.speech.verdict import speech_rank
 from trainer.text import symbols_for
+from trainer.tunables import DROPOUTS, TUNABLES
 
 PAUSE_POLL_SECONDS = 0.5
-# Model dropouts that commands may change (apply_hparams) and checkpoints carry.
-DROPOUTS = ("p_attention_dropout", "p_decoder_dropout", "prenet_dropout")
 # Remember this many applied command ids (enough to make redelivery harmless).
 APPLIED_COMMANDS_KEPT = 10_000
 
@@ -127,17 +126,19 @@ class Trainer:
         torch.set_flush_denormal(True)
         seed_everything(config.train.seed)
 
-        self.model = Tacotron2(config.model, len(symbols_for(config.text)), config.audio.n_mel_channels).to(self.device)
+        n_symbols = len(symbols_for(config.text))
+        self.model: Tacotron2 = Tacotron2(config.model, n_symbols, config.audio.n_mel_channels).to(self.device)
         # DDP averages the gradients over the processes; checkpoints keep saving self.model
         # (NVIDIA's key names, no "module." prefix).
         self.ddp = None if self.group is None else torch.nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.group.local_rank] if self.device.type == "cuda" else None)
         o = config.optim
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.learning_rate, eps=o.adam_eps,
-                                          weight_decay=o.weight_decay, fused=self.device.type == "cuda")
+        self.optimizer: torch.optim.Adam = torch.optim.Adam(
+            self.model.parameters(), lr=o.learning_rate, eps=o.adam_eps, weight_decay=o.weight_decay,
+            fused=self.device.type == "cuda")
         self.schedule = LRSchedule(o)
         self.loss_weights = LossWeights.from_config(config.loss)
-        self.grad_clip = o.grad_clip_thresh
+        self.grad_clip: float = o.grad_clip_thresh
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.amp)
         if self.device.type != "cuda":
             self.amp_dtype = None  # AMP is a CUDA feature here; CPU runs stay in float32
@@ -370,17 +371,7 @@ class Trainer:
     @property
     def dropouts(self) -> dict[str, float]:
         """The model's dropout probabilities as they are now (commands may have changed them)."""
-        d = self.model.decoder
-        return {"p_attention_dropout": d.p_attention_dropout, "p_decoder_dropout": d.p_decoder_dropout,
-                "prenet_dropout": d.prenet.dropout}
-
-    def set_dropouts(self, values: dict[str, float]) -> None:
-        d = self.model.decoder
-        for key, value in values.items():
-            if key == "prenet_dropout":
-                d.prenet.dropout = float(value)
-            elif key in DROPOUTS:
-                setattr(d, key, float(value))
+        return {name: TUNABLES[name].get(self) for name in DROPOUTS}
 
     def evaluate(self):
         """Evaluate now: emit the ``EvalRecord`` to the port and the callbacks, save
@@ -457,8 +448,9 @@ class Trainer:
         self.schedule.load_state_dict(ours["schedule"])
         self.loss_weights.load_state_dict(ours["loss_weights"])
         self.grad_clip = ours["grad_clip"]
-        if ours.get("dropouts"):  # older checkpoints: the config's dropouts
-            self.set_dropouts(ours["dropouts"])
+        for name, value in (ours.get("dropouts") or {}).items():  # older checkpoints: the config's dropouts
+            if name in DROPOUTS:
+                TUNABLES[name].set(self, float(value))
         if self.scaler and ours.get("scaler"):
             self.scaler.load_state_dict(ours["scaler"])
         # A best value measured by another metric (the config changed, or a checkpoint from
@@ -481,32 +473,14 @@ class Trainer:
         """On resume, values the user changed in the config since the save win.
 
         Unchanged values come from the checkpoint (which may hold a supervisor's later
-        adjustments); a changed one means the user wants the new value now.
+        adjustments); a changed one means the user wants the new value now, set as a
+        live command would set it.
         """
-        old_optim, old_loss = saved.get("optim", {}), saved.get("loss", {})
-        new_optim, new_loss = self.config.optim.model_dump(), self.config.loss.model_dump()
-        changed = []
-        if new_optim["learning_rate"] != old_optim.get("learning_rate", new_optim["learning_rate"]):
-            self.set_lr(new_optim["learning_rate"])
-            changed.append(f"optim.learning_rate={new_optim['learning_rate']}")
-        if new_optim["grad_clip_thresh"] != old_optim.get("grad_clip_thresh", new_optim["grad_clip_thresh"]):
-            self.grad_clip = new_optim["grad_clip_thresh"]
-            changed.append(f"optim.grad_clip_thresh={self.grad_clip}")
-        if new_optim["weight_decay"] != old_optim.get("weight_decay", new_optim["weight_decay"]):
-            for group in self.optimizer.param_groups:
-                group["weight_decay"] = new_optim["weight_decay"]
-            changed.append(f"optim.weight_decay={new_optim['weight_decay']}")
-        for key in ("gate_pos_weight", "guided_attention_weight", "guided_attention_sigma"):
-            if new_loss[key] != old_loss.get(key, new_loss[key]):
-                setattr(self.loss_weights, key, new_loss[key])
-                changed.append(f"loss.{key}={new_loss[key]}")
-        old_model, new_model = saved.get("model", {}), self.config.model.model_dump()
-        for key in DROPOUTS:
-            if new_model[key] != old_model.get(key, new_model[key]):
-                self.set_dropouts({key: new_model[key]})
-                changed.append(f"model.{key}={new_model[key]}")
+        changed = tunables.changed_since(saved, self.config)
+        tunables.apply(self, changed)
         if changed:
-            print(f"resume: config changed since {path.name}; now using {', '.join(changed)}", flush=True)
+            now = ", ".join(f"{TUNABLES[name].config_key}={value}" for name, value in changed.items())
+            print(f"resume: config changed since {path.name}; now using {now}", flush=True)
 
     def _load_weights(self, state_dict: dict[str, torch.Tensor], path: Path, ignore: Sequence[str] = ()) -> None:
         own = self.model.state_dict()

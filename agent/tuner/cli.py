@@ -43,10 +43,9 @@ def add_commands(sub: argparse._SubParsersAction,
 def _cmd_tune(args: argparse.Namespace) -> int:
     from agent.tuner.config import tuner_config
     from agent.tuner.offline import run_study
-    from trainer import cli_train
-    from trainer.config import load_config
+    from trainer.config import load_config, parse_overrides
 
-    config = load_config(args.config, cli_train._parse_overrides(args.set))
+    config = load_config(args.config, parse_overrides(args.set))
     cfg = tuner_config(config.tuner)
     outcome = run_study(config, cfg, trials=args.trials, steps=args.steps, storage=storage_url(args.storage),
                         study_name=args.study_name)

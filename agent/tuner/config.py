@@ -6,12 +6,14 @@ suggestion code the search space, the study its sampler and pruner, a round its 
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from trainer.errors import UserError
+from trainer.tunables import TUNABLES
 
 
 class _Section(BaseModel):
@@ -54,28 +56,25 @@ class Range(_Section):
         return self
 
 
-def _r(low: float, high: float, log: bool = False) -> Range:
-    return Range(low=low, high=high, log=log)
+def _default_range(name: str) -> Range | None:
+    d = TUNABLES[name].search
+    return None if d is None else Range(low=d.low, high=d.high, log=d.log)
 
 
-class SearchSpace(_Section):
+# One optional range per tunable of trainer/tunables.py, its default range from there.
+_SpaceFields = create_model(
+    "_SpaceFields", __base__=_Section,
+    **{name: (Range | None, Field(default_factory=partial(_default_range, name))) for name in TUNABLES},
+)
+
+
+class SearchSpace(_SpaceFields):  # type: ignore[misc, valid-type]
     """What a trial may change, each a range (``null`` leaves it out of the search).
 
-    Names are the trainer's ``apply_hparams`` keys; ``space.CONFIG_KEYS`` maps them to
-    config keys for studies from scratch and for the written-out best config.
+    One field per tunable (trainer/tunables.py), named by its ``apply_hparams`` key;
+    the registry gives its config key for studies from scratch and for the written-out
+    best config, and its default range.
     """
-
-    learning_rate: Range | None = Field(default_factory=lambda: _r(1e-4, 3e-3, log=True))
-    guided_attention_weight: Range | None = Field(default_factory=lambda: _r(0.0, 4.0))
-    guided_attention_sigma: Range | None = Field(default_factory=lambda: _r(0.1, 0.4))
-    gate_pos_weight: Range | None = Field(default_factory=lambda: _r(1.0, 32.0, log=True))
-    grad_clip_thresh: Range | None = Field(default_factory=lambda: _r(0.2, 5.0, log=True))
-    weight_decay: Range | None = Field(default_factory=lambda: _r(1e-8, 1e-4, log=True))
-    p_attention_dropout: Range | None = Field(default_factory=lambda: _r(0.0, 0.3))
-    p_decoder_dropout: Range | None = Field(default_factory=lambda: _r(0.0, 0.3))
-    # Off by default: Tacotron2 keeps prenet dropout on at inference, and its 0.5 is
-    # part of what makes the decoder listen to the encoder.
-    prenet_dropout: Range | None = None
 
     def ranges(self) -> dict[str, Range]:
         return {name: getattr(self, name) for name in type(self).model_fields if getattr(self, name) is not None}

@@ -250,13 +250,12 @@ class InRunTuning:
         """The run's hyperparameters now: the trainer's live values from its newest step
         record, the config's for those telemetry does not carry."""
         from agent.tuner.space import config_values
+        from trainer.tunables import TUNABLES
 
         values = config_values(self.config)
         latest = self.journal.latest_steps(1)
         if latest:
-            s = latest[0]
-            values.update(learning_rate=s.lr, guided_attention_weight=s.guided_attention_weight,
-                          gate_pos_weight=s.gate_pos_weight, grad_clip_thresh=s.grad_clip)
+            values.update({name: getattr(latest[0], t.telemetry) for name, t in TUNABLES.items() if t.telemetry})
         return values
 
     def _start_round(self, st: dict[str, Any]) -> None:

@@ -1,9 +1,9 @@
 """The search space: Optuna suggestions, and where each hyperparameter lives.
 
-A hyperparameter has one name everywhere: the trainer's ``apply_hparams`` key
-(``learning_rate``, ``guided_attention_weight``, ...). A trial forked from a
-checkpoint applies its values as that command; a trial from scratch and the written-out
-best config set them as config keys (``CONFIG_KEYS``).
+A hyperparameter has one name everywhere: its entry in trainer/tunables.py, which is
+the trainer's ``apply_hparams`` key (``learning_rate``, ``guided_attention_weight``, ...).
+A trial forked from a checkpoint applies its values as that command; a trial from
+scratch and the written-out best config set them as config keys (``CONFIG_KEYS``).
 """
 
 from __future__ import annotations
@@ -11,18 +11,10 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from agent.tuner.config import Range, SearchSpace
+from trainer import tunables
+from trainer.tunables import TUNABLES
 
-CONFIG_KEYS: dict[str, str] = {
-    "learning_rate": "optim.learning_rate",
-    "weight_decay": "optim.weight_decay",
-    "grad_clip_thresh": "optim.grad_clip_thresh",
-    "guided_attention_weight": "loss.guided_attention_weight",
-    "guided_attention_sigma": "loss.guided_attention_sigma",
-    "gate_pos_weight": "loss.gate_pos_weight",
-    "p_attention_dropout": "model.p_attention_dropout",
-    "p_decoder_dropout": "model.p_decoder_dropout",
-    "prenet_dropout": "model.prenet_dropout",
-}
+CONFIG_KEYS: dict[str, str] = {name: t.config_key for name, t in TUNABLES.items()}
 
 
 def suggest(trial: Any, space: SearchSpace) -> dict[str, float]:
@@ -42,11 +34,7 @@ def clamp(values: Mapping[str, float], space: SearchSpace) -> dict[str, float]:
 
 def config_values(config: Any) -> dict[str, float]:
     """The hyperparameters as a run config sets them (a ``RunConfig``)."""
-    out = {}
-    for name, dotted in CONFIG_KEYS.items():
-        section, key = dotted.split(".")
-        out[name] = float(getattr(getattr(config, section), key))
-    return out
+    return tunables.config_values(config)
 
 
 def as_overrides(values: Mapping[str, float]) -> dict[str, float]:

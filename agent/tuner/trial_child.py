@@ -100,20 +100,13 @@ def _die_with_parent() -> None:
         pass
 
 
-def live_values(trainer: Any) -> dict[str, float]:
-    w = trainer.loss_weights
-    return {"learning_rate": trainer.current_lr, "guided_attention_weight": w.guided_attention_weight,
-            "guided_attention_sigma": w.guided_attention_sigma, "gate_pos_weight": w.gate_pos_weight,
-            "grad_clip_thresh": trainer.grad_clip,
-            "weight_decay": float(trainer.optimizer.param_groups[0]["weight_decay"]), **trainer.dropouts}
-
-
 def run(spec: TrialSpec, port: TrialPort) -> int:
     from trainer.callbacks import ConsoleProgress
     from trainer.commands import apply_command
     from trainer.config import RunConfig
     from trainer.control import ApplyHyperparameters
     from trainer.loop import Trainer
+    from trainer.tunables import live_values
 
     config = RunConfig.model_validate(spec.config)
     trainer = Trainer(config, port=port, callbacks=[ConsoleProgress(config.train.log_every)],

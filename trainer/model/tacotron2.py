@@ -74,7 +74,7 @@ class Prenet(nn.Module):
         super().__init__()
         dims = [in_dim] + sizes[:-1]
         self.layers = nn.ModuleList(LinearNorm(i, o, bias=False) for i, o in zip(dims, sizes))
-        self.dropout = dropout
+        self.dropout: float = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -86,7 +86,7 @@ class Postnet(nn.Module):
     def __init__(self, n_mels: int, channels: int, kernel_size: int, n_convolutions: int,
                  dropout: float = 0.5) -> None:
         super().__init__()
-        self.dropout = dropout
+        self.dropout: float = dropout
         dims = [n_mels] + [channels] * (n_convolutions - 1) + [n_mels]
         gains = ["tanh"] * (n_convolutions - 1) + ["linear"]
         self.convolutions = nn.ModuleList(
@@ -143,7 +143,7 @@ class Decoder(nn.Module):
         self.decoder_rnn_dim = cfg.decoder_rnn_dim
         self.p_attention_dropout = cfg.p_attention_dropout
         self.p_decoder_dropout = cfg.p_decoder_dropout
-        self.prenet = Prenet(n_mels * self.r, [cfg.prenet_dim, cfg.prenet_dim], cfg.prenet_dropout)
+        self.prenet: Prenet = Prenet(n_mels * self.r, [cfg.prenet_dim, cfg.prenet_dim], cfg.prenet_dropout)
         self.attention_rnn = nn.LSTMCell(cfg.prenet_dim + self.enc_dim, cfg.attention_rnn_dim)
         self.attention_layer = Attention(cfg.attention_rnn_dim, self.enc_dim, cfg.attention_dim,
                                          cfg.attention_location_n_filters, cfg.attention_location_kernel_size)
@@ -286,7 +286,7 @@ class Tacotron2(nn.Module):
         bound = 3.0 ** 0.5 * (2.0 / (n_symbols + cfg.symbols_embedding_dim)) ** 0.5  # Xavier-like, as NVIDIA
         self.embedding.weight.data.uniform_(-bound, bound)
         self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg, n_mels)
+        self.decoder: Decoder = Decoder(cfg, n_mels)
         self.postnet = Postnet(n_mels, cfg.postnet_embedding_dim, cfg.postnet_kernel_size, cfg.postnet_n_convolutions,
                                cfg.postnet_dropout)
 
