@@ -26,7 +26,7 @@ from typing import Any, Callable
 from transitions import EventData, Machine
 
 from agent.config import SupervisorConfig
-from agent.journal import Journal, Proposal as ProposalRow
+from agent.journal import Journal, ProposalRow
 from agent.tuner.inrun import InRunTuning
 from policies import Memory, Phase, Proposal, Window, propose
 from policies.signals import is_aligned, is_collapsed, is_diverging, is_healthy, warmup_done
