@@ -19,14 +19,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.views import (  # the standard library only: the CLI still starts instantly
-    decide,
+from agent.actions import decide, queue_control  # the standard library only: the CLI still starts instantly
+from agent.views import (
     format_decision,
     format_event,
     format_proposal,
     format_status,
     history_events,
-    queue_control,
     status_data as _status_data,
 )
 from trainer import cli as trainer_cli, cli_train

@@ -17,7 +17,6 @@ bar (``tqdm.write``), so the bar and the lines never tear each other. Off a term
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 from pathlib import Path
 from typing import IO, Any
@@ -43,7 +42,7 @@ class HumanConsole:
         self._lock = threading.RLock()
         self._partial = ""
         self._bar: Any = None
-        self._con: sqlite3.Connection | None = None
+        self._steps: Any = None  # agent.journal.NewestStep, made on the first poll
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.stream = _LineStream(self)
@@ -86,22 +85,11 @@ class HumanConsole:
     def _newest_step(self) -> int | None:
         if self.journal is None:
             return None
-        if self._con is None:
-            if not self.journal.exists():
-                return None
-            try:
-                uri = f"{self.journal.resolve().as_uri()}?mode=ro"
-                self._con = sqlite3.connect(uri, uri=True, timeout=2.0, isolation_level=None,
-                                            check_same_thread=False)
-            except sqlite3.Error:
-                return None
-        try:
-            row = self._con.execute("SELECT step FROM telemetry ORDER BY seq DESC LIMIT 1").fetchone()
-        except sqlite3.Error:  # not created yet, busy, switched to WAL meanwhile: a new connection next time
-            self._con.close()
-            self._con = None
-            return None
-        return int(row[0]) if row else None
+        if self._steps is None:
+            from agent.journal import NewestStep  # (its SQL lives with the journal's)
+
+            self._steps = NewestStep(self.journal)
+        return self._steps.read()
 
     def poll(self) -> None:
         """Move the bar to the journal's newest step (creating it on the first one)."""
@@ -141,9 +129,8 @@ class HumanConsole:
                 except (OSError, ValueError):
                     pass
                 self._bar = None
-            if self._con is not None:
-                self._con.close()
-                self._con = None
+            if self._steps is not None:
+                self._steps.close()
 
 
 def _size(out: IO[str]) -> tuple[int, int]:

@@ -35,7 +35,8 @@
 
 SIGTERM/SIGINT to the daemon: SIGTERM to the child (it finishes the step and writes a
 final checkpoint), SIGKILL after ``process.stop_grace_seconds``, exit 0. A second
-signal kills the child at once.
+signal kills the child at once. The child itself (start, watch, that one way to stop it,
+also used for an orphan) is :class:`agent.child_process.ChildProcess`.
 
 The child runs in its own session and writes to the log file itself (no pipe), so a
 daemon killed with ``kill -9`` leaves the trainer training; the next daemon stops it
@@ -51,15 +52,12 @@ call of the supervisor's ``note_child_event`` (which records it as an audit row,
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import fcntl
 import functools
 import json
 import os
-import shlex
 import signal
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -71,6 +69,7 @@ import yaml
 from pydantic import ValidationError
 
 from agent.child import STATUS_KEY as CHILD_STATUS_KEY
+from agent.child_process import ChildProcess, LaunchError
 from agent.childenv import trainer_env
 from agent.config import SupervisorConfig
 from agent.journal import Journal, JournalError, StatusSummary, history_state, unreadable_message
@@ -96,26 +95,11 @@ LOG_TAIL_LINES = 20
 # stall limit is max(hang_seconds, this), and output to the trainer log counts as life.
 STARTUP_GRACE_SECONDS = 300.0
 WAL_CHECKPOINT_SECONDS = 60.0
-ORPHAN_KILL_WAIT_SECONDS = 10.0
-
-
-class LaunchError(UserError):
-    """The trainer's command cannot be started (not found, not executable): a restart cannot fix it."""
 
 
 def child_pid_path(run_dir: str | Path) -> Path:
     """The running trainer child's pid (JSON), for finding an orphan after ``kill -9`` of the daemon."""
     return Path(run_dir) / "trainer.pid"
-
-
-def launch_error_message(command: Sequence[str], exc: OSError) -> str:
-    """One line for a trainer command that cannot be started."""
-    program = command[0] if command else "(empty command)"
-    why = exc.strerror or str(exc)
-    hint = {errno.ENOENT: "it does not exist: reinstall, or recreate the virtual environment",
-            errno.EACCES: f"it is not executable by this user: chmod +x {program}, or fix the virtual environment",
-            errno.ENOEXEC: "it is not a program this system can run"}.get(exc.errno or 0, "check the installation")
-    return f"cannot start the trainer: {program}: {why} ({hint}); command: {shlex.join(command)}"
 
 
 def newest_checkpoint_step(run_dir: str | Path) -> int | None:
@@ -236,34 +220,6 @@ def digest_text(summary: StatusSummary, run: str) -> str:
     return "\n".join(lines)
 
 
-class _TelemetryProbe:
-    """Cheap questions about the telemetry table (its own connection; reads only).
-
-    (``Journal`` has no method for "rows after seq N: how many, highest step": this is
-    the one place that reads the table directly.)
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._con = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        self._con.execute("PRAGMA busy_timeout = 10000")
-        self._lock = threading.Lock()
-
-    def last_seq(self) -> int:
-        with self._lock:
-            return self._con.execute("SELECT coalesce(max(seq), 0) FROM telemetry").fetchone()[0]
-
-    def after(self, seq: int) -> tuple[int, int | None, int]:
-        """(rows after ``seq``, the highest step among them, the highest seq)."""
-        with self._lock:
-            n, step, top = self._con.execute("SELECT count(*), max(step), max(seq) FROM telemetry WHERE seq > ?",
-                                             (seq,)).fetchone()
-        return n, step, top if top is not None else seq
-
-    def close(self) -> None:
-        with self._lock:
-            self._con.close()
-
-
 class _LogFollower:
     """Echoes new lines of the trainer log to a stream (a thread following the file)."""
 
@@ -312,7 +268,7 @@ class _LogFollower:
 
 @dataclass
 class _ChildRun:
-    proc: subprocess.Popen
+    child: ChildProcess
     started: float  # monotonic
     start_step: int | None  # the journal's newest step when it started
     log_offset: int
@@ -364,7 +320,6 @@ class Daemon:
 
         self.journal: Journal | None = None
         self.supervisor: SupervisorLike | None = None
-        self._probe: _TelemetryProbe | None = None
         self._scheduler: Any = None
         self._follower: _LogFollower | None = None
         self._lock_fd: int | None = None
@@ -408,7 +363,7 @@ class Daemon:
             age = _process_age()
             self.log.info("daemon ready", seconds=round(self.ready_seconds, 3),
                           since_process_start=round(age, 3) if age is not None else None,
-                          phase=self._phase(), child_pid=self._run.proc.pid if self._run else None,
+                          phase=self._phase(), child_pid=self._run.child.pid if self._run else None,
                           run_dir=str(self.run_dir))
             self._start_notifications()  # after "ready": the bot's imports take seconds, in its own thread
             self._start_data_audit()
@@ -434,7 +389,6 @@ class Daemon:
             yaml.safe_dump(mask_urls(self.config.model_dump(mode="json")), fh, sort_keys=False,
                            allow_unicode=True)
         self.journal = self._open_journal()
-        self._probe = _TelemetryProbe(journal_path(self.run_dir))
         self.supervisor = self.supervisor_factory(self.journal, self.cfg, warmup_steps=self.config.optim.warmup_steps)
         if self.echo_stream is not None:
             self._follower = _LogFollower(self.log_path, _file_size(self.log_path), self.echo_stream)
@@ -549,7 +503,7 @@ class Daemon:
             status = self.journal.get_state(CHILD_STATUS_KEY)
         except Exception:  # noqa: BLE001 - an unreadable status: judge by the exit code
             return None
-        if (isinstance(status, dict) and status.get("pid") == run.proc.pid and status.get("status") == "failed"
+        if (isinstance(status, dict) and status.get("pid") == run.child.pid and status.get("status") == "failed"
                 and status.get("reason") in UNHEALABLE_REASONS):
             return str(status["reason"]), str(status.get("message") or "")
         return None
@@ -581,7 +535,7 @@ class Daemon:
         child command that is not ``agent.child``)."""
         assert self.journal is not None
         status = self.journal.get_state(CHILD_STATUS_KEY)
-        if isinstance(status, dict) and status.get("pid") == run.proc.pid:
+        if isinstance(status, dict) and status.get("pid") == run.child.pid:
             return str(status.get("reason"))
         return None
 
@@ -590,10 +544,9 @@ class Daemon:
         run = self._run
         assert run is not None
         while not self._stop.is_set():
-            try:
-                return run.proc.wait(timeout=0.25)
-            except subprocess.TimeoutExpired:
-                continue
+            code = run.child.wait(0.25)
+            if code is not None:
+                return code
         return None
 
     def _stop_child(self) -> int:
@@ -601,15 +554,11 @@ class Daemon:
         grace = self.proc_cfg.stop_grace_seconds
         code: int | None = None
         if run is not None:
-            if run.proc.poll() is None:
+            if run.child.running():
                 self.log.info("stopping trainer", signal="SIGTERM", grace_seconds=grace, reason=self._stop_signal)
-                run.proc.send_signal(signal.SIGTERM)
-                code = self._wait_for(run.proc, grace)
-                if code is None:
-                    self.log.warning("trainer did not stop in time; killing it", grace_seconds=grace)
-                    run.proc.kill()
-                    code = run.proc.wait()
-            code = run.proc.returncode
+                run.child.stop(grace, cancel=self._kill_now, on_kill=lambda: self.log.warning(
+                    "trainer did not stop in time; killing it", grace_seconds=grace))
+            code = run.child.returncode
             with self._run_lock:
                 self._catch_up(run)
             self._remove_pid_file()
@@ -618,23 +567,11 @@ class Daemon:
                     f"{run.max_step if run else None}", exit=code)
         return EXIT_OK
 
-    def _wait_for(self, proc: subprocess.Popen, seconds: float) -> int | None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not self._kill_now.is_set():
-            try:
-                return proc.wait(timeout=0.25)
-            except subprocess.TimeoutExpired:
-                continue
-        return proc.poll()
-
     def _teardown(self) -> None:
         run = self._run
-        if run is not None and run.proc.poll() is None:  # leaving on an error: do not leave a trainer behind
-            self.log.warning("daemon exiting with the trainer running; stopping it", child_pid=run.proc.pid)
-            run.proc.send_signal(signal.SIGTERM)
-            if self._wait_for(run.proc, self.proc_cfg.stop_grace_seconds) is None:
-                run.proc.kill()
-                run.proc.wait()
+        if run is not None and run.child.running():  # leaving on an error: do not leave a trainer behind
+            self.log.warning("daemon exiting with the trainer running; stopping it", child_pid=run.child.pid)
+            run.child.stop(self.proc_cfg.stop_grace_seconds, cancel=self._kill_now)
             self._remove_pid_file()
         if self._scheduler is not None:
             try:
@@ -648,8 +585,6 @@ class Daemon:
                 self.log.exception("stopping notifications failed")
         if self._follower is not None:
             self._follower.stop()
-        if self._probe is not None:
-            self._probe.close()
         if self.journal is not None:
             self.journal.close()
         if self._lock_fd is not None:
@@ -692,40 +627,27 @@ class Daemon:
         return [sys.executable, "-m", CHILD_MODULE, *args]
 
     def _launch(self, restart_detail: str | None) -> None:
-        assert self.journal is not None and self._probe is not None
+        assert self.journal is not None
         latest = self.journal.latest_steps(1)
         start_step = latest[0].step if latest else None
-        cursor = self._probe.last_seq()
+        cursor = self.journal.last_telemetry_seq()
         offset = _file_size(self.log_path)
         kind = "restarted" if restart_detail is not None else "started"
         env = trainer_env(self.config)  # an allow-list: no bot token, no other secrets
         command = self._command()
-        try:
-            logf = open(self.log_path, "ab")
-        except OSError as exc:
-            raise (storage_error(exc, self.log_path) or exc) from None
-        with logf:
-            stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-            try:
-                logf.write(f"--- {stamp} daemon {os.getpid()}: trainer {kind} ---\n".encode())
-                logf.flush()
-            except OSError as exc:
-                raise (storage_error(exc, self.log_path) or exc) from None
-            try:
-                proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                        env=env, start_new_session=True, close_fds=True)
-            except OSError as exc:
-                raise LaunchError(launch_error_message(command, exc)) from None
+        stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        child = ChildProcess.start(command, env=env, log_path=self.log_path,
+                                   banner=f"--- {stamp} daemon {os.getpid()}: trainer {kind} ---\n")
         now = time.monotonic()
         with self._run_lock:
-            self._run = _ChildRun(proc=proc, started=now, start_step=start_step, log_offset=offset, cursor=cursor,
+            self._run = _ChildRun(child=child, started=now, start_step=start_step, log_offset=offset, cursor=cursor,
                                   last_activity=now, log_size=_file_size(self.log_path))
         with atomic_write(child_pid_path(self.run_dir), "w", encoding="utf-8") as fh:
-            json.dump({"pid": proc.pid, "config": str(self.config_path), "daemon_pid": os.getpid(),
+            json.dump({"pid": child.pid, "config": str(self.config_path), "daemon_pid": os.getpid(),
                        "started_at": time.time()}, fh)
         where = f"resuming after step {start_step}" if start_step is not None else "no telemetry yet"
-        self._event(kind, f"pid {proc.pid}; {where}" + (f"; {restart_detail}" if restart_detail else ""),
-                    child_pid=proc.pid)
+        self._event(kind, f"pid {child.pid}; {where}" + (f"; {restart_detail}" if restart_detail else ""),
+                    child_pid=child.pid)
 
     def _stop_orphan(self) -> None:
         """Stop a trainer left running by a daemon that died (its pid file names it)."""
@@ -744,18 +666,8 @@ class Daemon:
             grace = self.proc_cfg.stop_grace_seconds
             self.log.warning("orphaned trainer found; stopping it", pid=pid, grace_seconds=grace)
             t0 = time.monotonic()
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            how = "SIGTERM"
-            if not self._wait_gone(pid, grace):
-                how = "SIGKILL"
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self._wait_gone(pid, ORPHAN_KILL_WAIT_SECONDS)
+            # (gone between the check and the signal: it stopped as if by SIGTERM)
+            how = ChildProcess.adopt(pid).stop(grace, cancel=self._kill_now) or "SIGTERM"
             detail = f"pid {pid} stopped with {how} in {time.monotonic() - t0:.1f} s"
             assert self.journal is not None
             self.journal.audit("daemon", "orphan_stopped", detail)
@@ -763,18 +675,10 @@ class Daemon:
                              seconds=round(time.monotonic() - t0, 2))
         path.unlink(missing_ok=True)
 
-    def _wait_gone(self, pid: int, seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while proc_alive(pid):
-            if time.monotonic() >= deadline or self._kill_now.is_set():
-                return False
-            time.sleep(0.1)
-        return True
-
     def _catch_up(self, run: _ChildRun) -> bool:
         """Read telemetry rows the child wrote since last time; True if there were any."""
-        assert self._probe is not None
-        n, step, top = self._probe.after(run.cursor)
+        assert self.journal is not None
+        n, step, top = self.journal.telemetry_progress(run.cursor)
         if not n:
             return False
         run.cursor = top
@@ -862,7 +766,7 @@ class Daemon:
             return
         with self._run_lock:
             run = self._run
-            if run is None or run.hung or run.proc.poll() is not None:
+            if run is None or run.hung or not run.child.running():
                 return
             now = time.monotonic()
             if self._catch_up(run):
@@ -882,7 +786,7 @@ class Daemon:
                 run.last_activity = now  # a paused trainer writes nothing, rightly
                 return
             status = self.journal.get_state(CHILD_STATUS_KEY)
-            if isinstance(status, dict) and status.get("pid") == run.proc.pid and status.get("status") == "stopping":
+            if isinstance(status, dict) and status.get("pid") == run.child.pid and status.get("status") == "stopping":
                 if run.stopping_since is None:
                     run.stopping_since = now
                 if now - run.stopping_since <= self.proc_cfg.stop_grace_seconds:
@@ -892,11 +796,8 @@ class Daemon:
             else:
                 why = f"no telemetry for {silent:.0f} s (limit {limit:g} s) after step {run.max_step}"
             run.hung = True
-        self._event("hung", f"pid {run.proc.pid}: {why}; killed with SIGKILL", step=run.max_step)
-        try:
-            run.proc.kill()
-        except ProcessLookupError:
-            pass
+        self._event("hung", f"pid {run.child.pid}: {why}; killed with SIGKILL", step=run.max_step)
+        run.child.kill()
 
     def _digest(self) -> None:
         assert self.journal is not None

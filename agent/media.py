@@ -69,7 +69,7 @@ def render_loss_curve(journal_file: Path, out: Path, title: str) -> Path:
     from agent.journal import Journal
     from trainer.fsutil import atomic_write
 
-    with Journal(journal_file, create=False) as journal:
+    with Journal(journal_file, readonly=True) as journal:  # a picture of it: never a write
         steps, evals = journal.loss_curve()
     fig = Figure(figsize=(8, 4), dpi=90)
     ax = fig.add_subplot(1, 1, 1)

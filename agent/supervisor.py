@@ -30,7 +30,7 @@ from transitions.extensions.nesting import HierarchicalMachine
 
 from agent import phase_machine
 from agent.config import SupervisorConfig
-from agent.journal import Journal, Proposal as ProposalRow
+from agent.journal import Journal, ProposalRow
 from agent.phase_machine import STATES, TRANSITIONS, phase_of, state_diagram
 from agent.tuner import inrun
 from agent.tuner.inrun import InRunTuning

@@ -13,12 +13,12 @@ never sees it. Three kinds of task share the loop:
   :meth:`TelegramBot._gate` first: a command addressed to another bot
   (``/status@other_bot``) is ignored; only a user in ``allowed_user_ids`` writing in
   a chat in ``allowed_chat_ids`` gets through; anyone else gets a refusal and an
-  audit row. Handlers use :mod:`agent.views`, the CLI's logic, on the bot's own
+  audit row. Handlers use :mod:`agent.views` and :mod:`agent.actions`, the CLI's logic, on the bot's own
   connection to the journal (in worker threads: SQLite waits must not stall the loop).
-* **one relay per allowed chat**: :class:`agent.notify.Relay` picks the next message
+* **one relay per allowed chat**: :class:`agent.outbox.Relay` picks the next message
   (grouping, flood control), this module sends it with tenacity backoff while
   Telegram is unreachable, and the journal records the delivery (at-least-once; see
-  :mod:`agent.notify`). At exit a bounded flush: a few tries per message within
+  :mod:`agent.outbox`). At exit a bounded flush: a few tries per message within
   ``flush_seconds``, then what is left waits in the outbox for the next start.
 * **card upkeep**: a proposal's message is edited once its status changes, whoever
   decided it (a button, ``/approve``, the CLI, expiry), from ``proposal_messages``.
@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import html
 import math
-import random
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -58,13 +57,21 @@ from aiogram.types import (
     Update,
 )
 from aiogram.utils.backoff import BackoffConfig
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    RetryError,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
-from agent import media, views
+from agent import actions, media, views
 from agent.bot_token import Redactor
 from agent.config import TelegramConfig
-from agent.journal import Journal, Proposal
-from agent.notify import Outgoing, Relay, clip, is_urgent, telegram_channel
+from agent.journal import Journal, ProposalRow
+from agent.outbox import Outgoing, Relay, clip, is_urgent, telegram_channel
 from agent.paths import journal_path
 from agent.telegram_format import DECIDE_HINT, card_text, help_text, refusal_text
 
@@ -73,6 +80,9 @@ IDLE_POLL_SECONDS = 0.5  # how often an idle relay looks at the outbox (another 
 CARD_SYNC_SECONDS = 1.0
 REFUSAL_REPLY_SECONDS = 60.0  # a stranger is answered at most once a minute (every attempt is audited)
 FLUSH_TRIES = 3  # at exit, tries per message (with backoff) before it is left in the outbox
+# Backoff jitter: up to this fraction of retry_initial_seconds added to each wait, so that
+# retries (of several chats, of a restarted daemon) do not all fall on one moment.
+JITTER_FRACTION = 0.2
 
 
 class Decide(CallbackData, prefix="decide"):
@@ -91,7 +101,7 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, Exception) and not permanent(exc)
 
 
-def keyboard(p: Proposal) -> InlineKeyboardMarkup | None:
+def keyboard(p: ProposalRow) -> InlineKeyboardMarkup | None:
     if p.status != "proposed":
         return None
     return InlineKeyboardMarkup(inline_keyboard=[[
@@ -129,8 +139,10 @@ class TelegramBot:
         self._stopping = asyncio.Event()
         self._cards_due = asyncio.Event()
         self._flush_deadline = math.inf  # monotonic time the exit flush ends
-        # Overflow-safe doubling from retry_initial_seconds, capped at retry_max_seconds.
-        self._backoff = wait_exponential(multiplier=cfg.retry_initial_seconds, max=cfg.retry_max_seconds)
+        # Doubling from retry_initial_seconds plus jitter, capped at retry_max_seconds (overflow-safe
+        # however long Telegram stays away): the sending retries and the polling restarts.
+        self._backoff = wait_exponential_jitter(multiplier=cfg.retry_initial_seconds, max=cfg.retry_max_seconds,
+                                                jitter=JITTER_FRACTION * cfg.retry_initial_seconds)
         self._media_lock = asyncio.Lock()
         self._media_tasks: set[asyncio.Task[Any]] = set()  # /plot and /listen at work
         self._refused_at: dict[int | None, float] = {}
@@ -187,19 +199,25 @@ class TelegramBot:
         keeps an update whose handling was cut short and gives it to the next daemon.
         The slow commands (``/plot``, ``/listen``) hand their work to a task of their own."""
         backoff = BackoffConfig(min_delay=self.cfg.retry_initial_seconds, max_delay=self.cfg.retry_max_seconds,
-                                factor=2.0, jitter=0.1)
-        delay = self.cfg.retry_initial_seconds
-        while not self._stopping.is_set():
-            try:
-                await self.dp.start_polling(self.bot, polling_timeout=self.cfg.poll_timeout_seconds,
-                                            handle_as_tasks=False, backoff_config=backoff, handle_signals=False,
-                                            close_bot_session=False, allowed_updates=["message", "callback_query"])
-                return
-            except Exception as exc:  # noqa: BLE001 - start again with backoff
-                self.log.warning("telegram: polling could not start; retrying", error=self.redact.error(exc),
-                                 in_seconds=round(delay, 2))
-            await self._nap(delay)
-            delay = min(delay * 2, self.cfg.retry_max_seconds)
+                                factor=2.0, jitter=0.1)  # aiogram's, between failed getUpdates once polling
+        retrying = AsyncRetrying(retry=retry_if_exception_type(Exception), wait=self._backoff, stop=self._retry_stop,
+                                 sleep=self._nap, before_sleep=self._poll_retry_log)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if self._stopping.is_set():
+                        return
+                    await self.dp.start_polling(self.bot, polling_timeout=self.cfg.poll_timeout_seconds,
+                                                handle_as_tasks=False, backoff_config=backoff, handle_signals=False,
+                                                close_bot_session=False,
+                                                allowed_updates=["message", "callback_query"])
+        except RetryError:  # it failed as the bot was stopping: nothing left to do
+            return
+
+    def _poll_retry_log(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        self.log.warning("telegram: polling could not start; retrying", error=self.redact.error(exc) if exc else None,
+                         in_seconds=round(state.upcoming_sleep, 2))
 
     async def _nap(self, seconds: float, wake: asyncio.Event | None = None) -> None:
         """Sleep, cut short by stopping (or by ``wake``)."""
@@ -231,7 +249,7 @@ class TelegramBot:
 
     def _retry_wait(self, state: RetryCallState) -> float:
         """Exponential backoff with jitter, capped; never shorter than Telegram's retry_after."""
-        delay = min(self.cfg.retry_max_seconds, self._backoff(state) * random.uniform(0.8, 1.2))
+        delay = self._backoff(state)
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, TelegramRetryAfter):
             delay = max(delay, float(exc.retry_after))
@@ -299,7 +317,7 @@ class TelegramBot:
         msg = await self.bot.send_message(chat, out.text, disable_notification=quiet)
         return str(msg.message_id)
 
-    async def _send_card(self, chat: int, p: Proposal) -> Message:
+    async def _send_card(self, chat: int, p: ProposalRow) -> Message:
         msg = await self.bot.send_message(chat, clip(card_text(p, self.run_name)), reply_markup=keyboard(p))
         await self._db(self.journal.add_proposal_message, p.id, chat, msg.message_id, p.status)
         return msg
@@ -424,7 +442,7 @@ class TelegramBot:
         if not (arg.isascii() and arg.isdigit()):  # not "²", which isdigit() too
             await message.answer(f"Usage: /{command.command} ID (/pending lists the waiting proposals)")
             return
-        outcome = await self._db(views.decide, self.journal, int(arg), decision, actor(message.from_user))
+        outcome = await self._db(actions.decide, self.journal, int(arg), decision, actor(message.from_user))
         if outcome is None:
             await message.answer(f"No proposal {arg} (/pending lists the waiting ones).")
             return
@@ -433,7 +451,7 @@ class TelegramBot:
 
     async def on_button(self, query: CallbackQuery, callback_data: Decide) -> None:
         decision = "approved" if callback_data.action == "approve" else "rejected"
-        outcome = await self._db(views.decide, self.journal, callback_data.proposal_id, decision,
+        outcome = await self._db(actions.decide, self.journal, callback_data.proposal_id, decision,
                                  actor(query.from_user))
         if outcome is None:
             await query.answer(f"No proposal {callback_data.proposal_id}.", show_alert=True)
@@ -451,7 +469,7 @@ class TelegramBot:
         await self._control(message, "resume")
 
     async def _control(self, message: Message, kind: str) -> None:
-        done = await self._db(views.queue_control, self.journal, kind, source="telegram",
+        done = await self._db(actions.queue_control, self.journal, kind, source="telegram",
                               actor=actor(message.from_user))
         await message.answer(f"queued {kind} [{done.command_id}] for the trainer; "
                              f"it applies at the next step boundary{done.note()}")

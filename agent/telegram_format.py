@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from agent.views import format_fate, format_proposal
 
 if TYPE_CHECKING:
-    from agent.journal import Proposal
+    from agent.journal import ProposalRow
 
 DECIDE_HINT = "/approve ID or /reject ID"
 
@@ -31,7 +31,7 @@ COMMANDS = (
 )
 
 
-def card_text(p: "Proposal", run_name: str, now: float | None = None) -> str:
+def card_text(p: "ProposalRow", run_name: str, now: float | None = None) -> str:
     """A proposal's message: a question while it waits, then who decided what."""
     now = time.time() if now is None else now
     if p.status == "proposed":

@@ -1,14 +1,13 @@
-"""What the CLI and the Telegram bot both show and do on a run's journal.
+"""What the CLI and the Telegram bot both show of a run's journal (reads only).
 
 ``smart-tuner status`` and the bot's ``/status`` print the same status, ``history``
-and ``/history`` the same events, ``approve`` and ``/approve`` decide through the same
-compare-and-set, ``pause`` and ``/pause`` queue the same command. The logic lives here
-once; each front end only adds its own hints (``smart-tuner approve ID`` vs
-``/approve ID``) and its own way of printing.
+and ``/history`` the same events, ``approve`` and ``/approve`` word a decision the same
+way. The logic lives here once; each front end only adds its own hints (``smart-tuner
+approve ID`` vs ``/approve ID``) and its own way of printing. What they both *do*
+(decide, pause, resume, stop) is :mod:`agent.actions`.
 
 Import cost: the standard library and ``trainer.runlock`` (fcntl, about 2 ms) at import
-time (the CLI must start instantly); the journal's types are imported for type checking,
-``trainer.control`` inside the functions that queue commands.
+time (the CLI must start instantly); the journal's types are imported for type checking.
 """
 
 from __future__ import annotations
@@ -16,14 +15,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from trainer.runlock import daemon_lock_path, lock_holder, train_lock_path
 
 if TYPE_CHECKING:
-    from agent.journal import CommandRow, Journal, Proposal
+    from agent.actions import DecisionOutcome
+    from agent.journal import Journal, ProposalRow
 
 CLI_DECIDE_HINT = "smart-tuner approve ID / reject ID"
 
@@ -66,7 +65,7 @@ def describe_action(action: dict[str, Any]) -> str:
     return " ".join([kind, *params])
 
 
-def expires(p: "Proposal", now: float) -> str:
+def expires(p: "ProposalRow", now: float) -> str:
     return _expiry_text(None if p.expires_at is None else p.expires_at - now)
 
 
@@ -86,14 +85,14 @@ _EVAL_FIELDS = ("val_loss", "val_mel_loss", "val_mel_postnet_loss", "val_gate_lo
 RECENT_INTERVENTIONS = 3
 
 
-def proposal_brief(p: "Proposal", now: float) -> dict[str, Any]:
+def proposal_brief(p: "ProposalRow", now: float) -> dict[str, Any]:
     return {"id": p.id, "policy": p.policy, "kind": p.kind, "mode": p.mode, "reason": p.reason,
             "step": p.step, "created_at": p.created_at, "expires_at": p.expires_at,
             "expires_in_seconds": None if p.expires_at is None else p.expires_at - now,
             "actions": [describe_action(a) for a in p.actions]}
 
 
-def _intervention(p: "Proposal") -> dict[str, Any]:
+def _intervention(p: "ProposalRow") -> dict[str, Any]:
     return {"id": p.id, "policy": p.policy, "kind": p.kind, "mode": p.mode, "status": p.status,
             "decided_by": p.decided_by, "decided_at": p.decided_at, "applied_step": p.applied_step,
             "outcome": p.outcome}
@@ -340,7 +339,7 @@ def format_status(d: dict[str, Any], now: float | None = None, decide_hint: str 
 # -- proposals ---------------------------------------------------------------------------------
 
 
-def format_proposal(p: "Proposal", now: float, expiry: bool = True) -> list[str]:
+def format_proposal(p: "ProposalRow", now: float, expiry: bool = True) -> list[str]:
     """A proposal with its reason, actions, aim and evidence (``pending``, the bot's cards)."""
     at = f" at step {p.step}" if p.step is not None else ""
     when = f", {expires(p, now)}" if expiry else ""
@@ -364,37 +363,10 @@ def fate_text(status: str, decided_by: str | None, decided_at: float | None, app
     return fate
 
 
-def format_fate(p: "Proposal") -> str:
+def format_fate(p: "ProposalRow") -> str:
     if p.status == "proposed":
         return "waiting for a decision"
     return fate_text(p.status, p.decided_by, p.decided_at, p.applied_step)
-
-
-@dataclass(frozen=True)
-class DecisionOutcome:
-    won: bool
-    decision: str  # "approved" | "rejected"
-    by: str
-    before: "Proposal"
-    after: "Proposal"
-    commands: list["CommandRow"]  # queued by this decision, in order
-
-
-MAX_ID = 2**63 - 1  # SQLite's largest integer
-
-
-def decide(journal: "Journal", proposal_id: int, decision: Literal["approved", "rejected"],
-           by: str) -> DecisionOutcome | None:
-    """Approve or reject through the journal's compare-and-set; None for an unknown id."""
-    if not 0 < proposal_id <= MAX_ID:  # SQLite cannot even look up an id beyond 64 bits
-        return None
-    before = journal.get_proposal(proposal_id)
-    if before is None:
-        return None
-    won = journal.decide(proposal_id, decision, by=by)
-    after = journal.get_proposal(proposal_id)
-    commands = journal.commands(proposal_id=proposal_id)[::-1] if won else []
-    return DecisionOutcome(won, decision, by, before, after, commands)
 
 
 def format_decision(o: DecisionOutcome) -> str:
@@ -414,39 +386,6 @@ def format_decision(o: DecisionOutcome) -> str:
     elif o.decision == "approved":
         lines.append("no trainer commands: the supervisor carries this proposal out itself")
     return "\n".join(lines)
-
-
-# -- pause, resume, stop -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ControlOutcome:
-    kind: str
-    command_id: str
-    was_paused: bool
-
-    def note(self) -> str:
-        if self.kind == "pause" and self.was_paused:
-            return " (the run was already paused)"
-        if self.kind == "resume" and not self.was_paused:
-            return " (the run was not paused)"
-        return ""
-
-
-def queue_control(journal: "Journal", kind: Literal["pause", "resume", "stop"], *, source: str,
-                  actor: str) -> ControlOutcome:
-    """Queue pause / resume / stop for the trainer (``source`` on the command, ``actor`` in the audit)."""
-    from trainer.control import Pause, Resume, Stop
-
-    command = {"pause": Pause, "resume": Resume, "stop": Stop}[kind]()
-    was_paused = journal.is_paused()
-    journal.enqueue_command(command, source=source)
-    journal.audit(actor, kind, f"command {command.id}")
-    if kind in ("pause", "resume"):
-        # The user's intent; whether the trainer *is* paused is derived from the
-        # applied commands (Journal.is_paused), which status and the watchdog read.
-        journal.set_state("paused", kind == "pause")
-    return ControlOutcome(kind, command.id, was_paused)
 
 
 # -- history -----------------------------------------------------------------------------------

@@ -209,13 +209,12 @@ def current_step(mode: str, run_dir: Path) -> int | None:
     path = journal_path(run_dir)
     if not path.exists():
         return None
+    from agent.journal import Journal, JournalError
+
     try:
-        con = sqlite3.connect(path, timeout=5.0)
-        try:
-            return con.execute("SELECT max(step) FROM telemetry").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:  # not created yet, or busy
+        with Journal(path, readonly=True, busy_timeout=5.0) as journal:
+            return journal.telemetry_progress(0)[1]  # the highest step written
+    except (JournalError, sqlite3.Error):  # not created yet, or busy
         return None
 
 
@@ -226,15 +225,13 @@ def journal_paused(run_dir: Path) -> bool:
     path = journal_path(run_dir)
     if not path.exists():
         return False
+    from agent.journal import Journal, JournalError
+
     try:
-        con = sqlite3.connect(path, timeout=5.0)
-        try:
-            row = con.execute("SELECT value FROM state WHERE key = 'paused'").fetchone()
-        finally:
-            con.close()
-    except sqlite3.Error:
+        with Journal(path, readonly=True, busy_timeout=5.0) as journal:
+            return journal.get_state("paused") is True
+    except (JournalError, sqlite3.Error):
         return False
-    return row is not None and row[0] == "true"
 
 
 def trainer_pid(mode: str, run_dir: Path, proc: subprocess.Popen) -> int | None:

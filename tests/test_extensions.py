@@ -25,6 +25,7 @@ from trainer.control import EvalRecord
 from trainer.loop import Trainer
 
 from conftest import micro_config
+from journal_helpers import pending_commands
 
 PACKAGE = Path(__file__).parent / "fixtures" / "example_rule_pkg"
 
@@ -154,7 +155,7 @@ def test_the_metric_reaches_the_journal_and_the_supervisor_applies_the_rule(inst
         sup.tick()
         (row,) = [p for p in journal.proposals() if p.policy == "too_quiet"]
         assert row.kind == "set_lr" and row.mode == "auto" and row.status == "approved"
-        (command,) = [c for c in journal.pending_commands() if c.kind == "set_lr"]
+        (command,) = [c for c in pending_commands(journal) if c.kind == "set_lr"]
         assert command.command().factor == 0.5
         lr_before = journal.latest_steps(1)[0].lr
 

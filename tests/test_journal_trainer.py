@@ -12,6 +12,7 @@ from trainer.control import SaveCheckpoint, SetLearningRate
 from trainer.loop import Trainer
 
 from conftest import micro_config
+from journal_helpers import integrity_check
 
 
 class Supervisor(BaseCallback):
@@ -54,5 +55,5 @@ def test_a_trainer_on_the_journal_port(espeak_dataset, tmp_path):
     assert all(c.ok and c.deliveries == 1 and c.step == 2 and not c.duplicate for c in commands)
     summary = supervisor.status_summary()
     assert summary.latest_step.step == 6 and summary.latest_eval.step == 6 and summary.open_commands == 0
-    assert supervisor.integrity_check() == "ok"
+    assert integrity_check(supervisor) == "ok"
     supervisor.close()

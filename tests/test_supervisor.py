@@ -13,6 +13,8 @@ from agent.phase_machine import DOC, diagram_block, documented_block
 from agent.supervisor import TRANSITIONS, Supervisor, state_diagram
 from trainer.control import CheckpointRecord, CommandResult, EvalRecord, StepTelemetry
 
+from journal_helpers import pending_commands
+
 # Records carry the real time of their creation, as a live trainer's do: the
 # supervisor compares them with its own phase and decision times.
 
@@ -96,7 +98,7 @@ def _checkpoint(journal, tmp_path, n: int) -> None:
 
 
 def _ack_all(journal, step_no: int) -> None:
-    for c in journal.pending_commands():
+    for c in pending_commands(journal):
         journal.mark_delivered([c.id])
         journal.acknowledge(CommandResult(command_id=c.id, kind=c.kind, ok=True, detail="done", step=step_no))
 
@@ -112,7 +114,7 @@ def test_nan_rolls_back_automatically_then_recovers(journal, tmp_path):
     assert sup.phase == "diverging"
     (proposal,) = journal.proposals()
     assert proposal.policy == "non_finite" and proposal.status == "approved" and proposal.mode == "auto"
-    commands = journal.pending_commands()
+    commands = pending_commands(journal)
     assert [c.kind for c in commands][0] == "rollback" and commands[0].command().step == 20
 
     _ack_all(journal, 20)
@@ -135,7 +137,7 @@ def test_ask_mode_waits_and_expires_to_the_default(journal, tmp_path):
     journal.add_steps([step(30, float("nan"), finite=False)])
     sup.tick()
     (pending,) = journal.pending_proposals()
-    assert pending.mode == "ask" and not journal.pending_commands()
+    assert pending.mode == "ask" and not pending_commands(journal)
     assert any(m.kind == "proposal_ask" and f"approve {pending.id}" in m.text for m in journal.outbox_pending())
     sup.tick()
     assert len(journal.proposals()) == 1  # not proposed twice while pending
@@ -144,7 +146,7 @@ def test_ask_mode_waits_and_expires_to_the_default(journal, tmp_path):
     assert [p.id for p in journal.pending_proposals()] == [pending.id] and restarted.phase == "diverging"
     clock[0] += 61
     restarted.tick()
-    assert journal.get_proposal(pending.id).status == "expired" and not journal.pending_commands()
+    assert journal.get_proposal(pending.id).status == "expired" and not pending_commands(journal)
 
 
 def test_repeated_failed_recoveries_pause_and_call_a_human(journal, tmp_path):

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
+from agent.actions import decide
 from agent.bot_token import ENV_FILE_ENV, TOKEN_ENV, Redactor, bot_token
 from agent.config import SupervisorConfig, TelegramConfig
 from agent.journal import Journal
-from agent.notify import FloodGate, Relay, group_text, telegram_channel
+from agent.outbox import FloodGate, Relay, group_text, telegram_channel
 from agent.paths import journal_path
-from agent.views import decide
 from trainer.control import (
     CommandResult,
     EvalRecord,
@@ -39,6 +39,7 @@ from trainer.control import (
 )
 
 from conftest import fake_bot_token
+from journal_helpers import proposal_messages
 from telegram_standin import BotApiStandIn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -306,7 +307,7 @@ def test_approve_button_decides_once_and_every_decision_edits_its_card(run_dir, 
                          what="card 2 edited")
         standin.wait_for(lambda: text_of(standin, card3).startswith("[run] EXPIRED: expired by expiry"),
                          what="card 3 edited")
-        assert [m.shown for m in j.proposal_messages(second)] == ["rejected"]
+        assert [m.shown for m in proposal_messages(j, second)] == ["rejected"]
 
 
 def test_status_history_and_pause_reply_from_the_journal(run_dir, standin, start_bot):
@@ -406,6 +407,38 @@ def test_failing_sends_never_show_the_token(run_dir, standin, start_bot, caplog)
     assert "sending failed" in logged and "Failed to fetch updates" in logged
     for where, text in (("structlog output", logged), ("journal", journal_text)):
         assert SECRET not in text, where
+
+
+def test_retry_waits_double_from_the_initial_wait_with_a_little_jitter_up_to_the_cap(run_dir):
+    """tenacity's wait_exponential_jitter: initial * 2**(n-1), plus up to a fifth of the initial
+    wait, never beyond retry_max_seconds (and no overflow however long Telegram stays away)."""
+    from tenacity import RetryCallState
+
+    from agent.telegram_bot import JITTER_FRACTION, TelegramBot
+
+    cfg = TelegramConfig(**{**FAST, "retry_initial_seconds": 0.5, "retry_max_seconds": 6.0})
+
+    async def waits() -> dict[int, list[float]]:
+        with Journal(journal_path(run_dir)) as j:
+            bot = TelegramBot(TOKEN, cfg, journal=j, run_dir=run_dir, max_steps=None, probe_text=None, log=Log(),
+                              redactor=Redactor(TOKEN))
+            try:
+                state = RetryCallState(None, None, (), {})
+                seen: dict[int, list[float]] = {}
+                for n in (1, 2, 3, 4, 5, 6, 10_000):
+                    state.attempt_number = n
+                    seen[n] = [bot._retry_wait(state) for _ in range(200)]
+                return seen
+            finally:
+                await bot.bot.session.close()
+
+    seen = asyncio.run(waits())
+    jitter = JITTER_FRACTION * 0.5
+    for n, ws in seen.items():
+        low = min(0.5 * 2 ** (n - 1), 6.0) if n < 100 else 6.0
+        assert all(low <= w <= min(low + jitter, 6.0) + 1e-9 for w in ws), (n, min(ws), max(ws))
+    assert len(set(seen[1])) > 1  # jittered: two bots do not retry in step
+    assert max(seen[10_000]) == 6.0
 
 
 @pytest.mark.parametrize("status,description", [(401, "Unauthorized"), (502, "Bad Gateway")])

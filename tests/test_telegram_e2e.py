@@ -21,7 +21,7 @@ import pytest
 
 from agent.daemon import Daemon
 from agent.journal import Journal
-from agent.notify import telegram_channel
+from agent.outbox import telegram_channel
 from agent.paths import journal_path
 
 from conftest import fake_bot_token, micro_config

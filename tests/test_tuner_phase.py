@@ -20,6 +20,8 @@ from agent.tuner.trial_runner import TrialOutcome
 from trainer.config import RunConfig
 from trainer.control import CheckpointRecord, CommandResult, StepTelemetry
 
+from journal_helpers import pending_commands
+
 
 def _step(n: int) -> StepTelemetry:
     return StepTelemetry(step=n, epoch=0, wall_time=time.time(), lr=1e-3, loss=1.0, mel_loss=0.5, mel_postnet_loss=0.5,
@@ -58,7 +60,7 @@ def _setup(tmp_path, modes):
 
 
 def _ack(journal, step):
-    for c in journal.pending_commands():
+    for c in pending_commands(journal):
         journal.mark_delivered([c.id])
         journal.acknowledge(CommandResult(command_id=c.id, kind=c.kind, ok=True, detail="done", step=step))
 
@@ -90,7 +92,7 @@ def test_a_rejected_winner_continues_from_the_baseline_trial(tmp_path, monkeypat
     journal.decide(ask.id, "rejected", by="cli:t")
     sup.tick()
     assert sup.phase == "aligning"
-    kinds = [(c.kind, (c.payload or {}).get("path")) for c in journal.pending_commands()]
+    kinds = [(c.kind, (c.payload or {}).get("path")) for c in pending_commands(journal)]
     assert kinds == [("continue_from", str(folder / "trial-0.pt")), ("resume", None)]
     journal.close()
 
@@ -110,7 +112,7 @@ def test_a_round_cut_short_by_a_daemon_restart_resumes_the_run(tmp_path):
     assert trial.status == "failed" and "daemon restarted" in trial.detail
     tune = next(p for p in journal.proposals() if p.kind == "tune")
     assert tune.status == "failed"
-    assert [c.kind for c in journal.pending_commands()] == ["resume"]
+    assert [c.kind for c in pending_commands(journal)] == ["resume"]
     assert (run / "checkpoints" / "checkpoint_00000005.pt").read_bytes() == b"base"
     journal.close()
 
@@ -129,7 +131,7 @@ def test_a_run_without_a_tuner_abandons_a_requested_round(tmp_path):
         assert journal.get_proposal(tune.id).status == "failed"
         assert journal.phase_history()[-1].reason == "tuning round abandoned: no run config (run-config.yaml) to " \
                                                      "fork trials from"
-        assert not journal.pending_commands()  # nothing was paused, so nothing resumes
+        assert not pending_commands(journal)  # nothing was paused, so nothing resumes
         assert any(m.kind == "tuning_failed" for m in journal.outbox_pending())
 
 
