@@ -186,3 +186,37 @@ def test_sigkill_of_rank_1_under_the_daemon_restarts_the_group_and_resumes(espea
     log = trainer_log_path(run).read_text()
     assert "resumed from" in log
     assert _max_step(run) == 40
+
+
+@pytest.mark.slow
+def test_workers_die_with_a_sigkilled_torchrun(espeak_dataset, tmp_path):
+    """torchrun puts each worker in a session of its own: without the parent-death signal a
+    `kill -9` of torchrun (the daemon's hang watchdog) would leave them training."""
+    import signal
+    import time
+
+    from conftest import wait_until
+
+    cfg = micro_config(espeak_dataset, tmp_path / "run", train__max_steps=100000, eval__every_steps=100000,
+                       checkpoint__every_steps=100000, data__batch_size=4)
+    config = _write(cfg, tmp_path / "c.yaml")
+    torchrun = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 "--nproc-per-node=2", str(PROBE), str(config), str(tmp_path / "out")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    try:
+        workers = wait_until(lambda: [p for p in (_rank_pid(torchrun.pid, 0), _rank_pid(torchrun.pid, 1)) if p]
+                             if _rank_pid(torchrun.pid, 1) and _rank_pid(torchrun.pid, 0) else None, 120,
+                             "both workers to start")
+        time.sleep(1)  # still starting up (importing torch): they must notice when they get going
+        os.kill(torchrun.pid, signal.SIGKILL)
+        torchrun.wait()
+
+        def gone():
+            return all(not Path(f"/proc/{pid}").exists()
+                       or Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+                       for pid in workers)
+
+        wait_until(gone, 90, "the workers to die with torchrun")
+    finally:
+        if torchrun.poll() is None:
+            torchrun.kill()

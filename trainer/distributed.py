@@ -54,10 +54,38 @@ def join(device_type: str, timeout_seconds: float) -> Group | None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
+    die_with_parent()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo",
                                 timeout=timedelta(seconds=timeout_seconds))
     return Group(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when torchrun, its parent, dies.
+
+    torchrun starts each worker in a session of its own, so a SIGKILL to torchrun (the
+    daemon's hang watchdog, ``kill -9``) would leave the workers training on, orphaned,
+    beside the group the daemon starts next. Linux's parent-death signal prevents that.
+    """
+    import ctypes
+    import signal
+
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # another launcher (srun, mpirun): its own rules
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: torchrun's own SIGTERM handling is all there is
+        return
+    # Armed now; if torchrun died before that, this process was already handed to init.
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as fh:
+            parent = fh.read()
+    except OSError:
+        return
+    if b"torch.distributed.run" not in parent and b"torchrun" not in parent:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def leave() -> None:
