@@ -151,13 +151,9 @@ def _telegram_chats_configured(config: Any) -> bool:
 def _daemon_logger(config: Any, log_format: str = "auto") -> tuple[Any, Any]:
     """Configure logging for the daemon (run id: the run folder's name): its logger, and
     the human console (``agent.console.HumanConsole``, started) or None for JSON lines."""
-    run_id = Path(config.run_dir).resolve().name or str(config.run_dir)
-    try:
-        from agent.logs import configure_logging, get_logger
-    except ImportError:  # logging not wired up yet: structlog's defaults, run id bound
-        import structlog
+    from agent.logs import configure_logging, get_logger
 
-        return structlog.get_logger("smart_tuner").bind(run_id=run_id), None
+    run_id = Path(config.run_dir).resolve().name or str(config.run_dir)
     if not _human_console(log_format):
         if log_format == "json":
             configure_logging(run_id, json=True)
