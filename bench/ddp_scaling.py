@@ -3,7 +3,8 @@
     .venv/bin/python bench/ddp_scaling.py --data-dir runs/bench-data --nproc 2
 
 The same global batch (``--batch-size``, default 16) either in one process or split over
-``--nproc`` processes (gloo on CPU, NCCL with ``--device cuda``), each process pinned to
+``--nproc`` processes (gloo on CPU, NCCL with ``--device cuda``; ``--nproc 1``: plain
+training against a 1-process DDP run, DDP's own overhead), each process pinned to
 its own CPU core with one torch thread (on CPU), the tiny-cpu model (``--config``) on the
 espeak dataset of ``bench/cpu_step.py`` (build it with that script first). Each side
 trains ``--warmup`` untimed and ``--steps`` timed steps from the same seed; reported:
@@ -77,16 +78,17 @@ def child(spec: dict) -> None:
     distributed.leave()
 
 
-def run(nproc: int, args: argparse.Namespace) -> dict:
+def run(nproc: int, args: argparse.Namespace, torchrun: bool) -> dict:
     spec = {"device": args.device, "cores": args.cores, "data_dir": str(args.data_dir), "config": args.config,
             "batch_size": args.batch_size, "warmup": args.warmup, "steps": args.steps,
             "run_dir": tempfile.mkdtemp(prefix="ddp-scaling-")}
     script = [str(Path(__file__).resolve()), "--_child", json.dumps(spec)]
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *script]
-           if nproc > 1 else [sys.executable, *script])
+           if torchrun else [sys.executable, *script])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    print(f"[{nproc} process(es)] {args.warmup} warm-up + {args.steps} timed steps, global batch {args.batch_size}",
-          flush=True)
+    how = "under torchrun (DDP)" if torchrun else "plain"
+    print(f"[{nproc} process(es), {how}] {args.warmup} warm-up + {args.steps} timed steps, "
+          f"global batch {args.batch_size}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
     if proc.returncode != 0 or not lines:
@@ -116,8 +118,8 @@ def main() -> int:
     args.cores = [int(c) for c in args.cores.split(",")]
     if not (args.data_dir / "train.txt").is_file():
         raise SystemExit(f"{args.data_dir}: no train.txt; build the dataset with bench/cpu_step.py first")
-    one = run(1, args)
-    many = run(args.nproc, args)
+    one = run(1, args, torchrun=False)
+    many = run(args.nproc, args, torchrun=True)  # --nproc 1: DDP's overhead on one device
     speedup = many["frames_per_second"] / one["frames_per_second"]
     print(f"\n{args.nproc} processes: {speedup:.2f}x the frames/s of one (ideal {args.nproc}.00x), "
           f"global batch {args.batch_size} ({args.batch_size // args.nproc} per process), {args.config}, "

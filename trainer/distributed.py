@@ -52,7 +52,7 @@ def join(device_type: str, timeout_seconds: float) -> Group | None:
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and not under_torchrun():  # (a 1-process torchrun run keeps DDP: its overhead can be measured)
         return None
     die_with_parent()
     if not dist.is_initialized():
