@@ -53,14 +53,17 @@ def database_storage(url: str, cfg: TunerConfig) -> Any:
 
     beat: dict[str, Any] = {}
     if cfg.heartbeat_seconds:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # "experimental" since Optuna 2.8
+            retry_stale = RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retries)
         beat = {"heartbeat_interval": cfg.heartbeat_seconds,
                 "grace_period": cfg.heartbeat_grace_seconds or 3 * cfg.heartbeat_seconds,
-                "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retries)}
+                "heartbeat_stale_trial_callback": retry_stale}
 
     # Workers that start together on a new database race to create Optuna's tables (one
     # gets "already exists"); creating them again is harmless once the winner is done.
     @retry(retry=retry_if_exception_type(DBAPIError), stop=stop_after_attempt(5),
-           wait=wait_exponential_jitter(initial=0.2, max=3.0), reraise=True)
+           wait=wait_exponential_jitter(multiplier=0.2, max=3.0), reraise=True)
     def connect() -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat and its callback are "experimental"
