@@ -105,4 +105,6 @@ def _pending(run: Path):
 def _applied(run: Path, pid: int):
     with Journal(journal_path(run)) as j:
         row = j.get_proposal(pid)
+        # A command the trainer could not apply settles the proposal as failed: say why at once.
+        assert row.status != "failed", (row, [(c.kind, c.ok, c.detail) for c in j.commands(proposal_id=pid)])
     return row if row.status == "applied" else None
