@@ -130,8 +130,10 @@ def test_hung_child_is_killed_and_restarted(espeak_dataset, tmp_path, monkeypatc
     run = tmp_path / "run"
     sups: list = []
     t0 = time.monotonic()
-    rc = run_daemon(_config(espeak_dataset, run, process={"hang_seconds": 4}), log=RecordingLog(),
-                    supervisor_factory=_factory(sups), echo_child=False)
+    # No evaluation in these 6 steps: on a loaded machine the free-running one at step 3 can
+    # outlast the 4 s hang limit itself, and the kill would come before the injected hang.
+    rc = run_daemon(_config(espeak_dataset, run, process={"hang_seconds": 4}, eval__every_steps=100),
+                    log=RecordingLog(), supervisor_factory=_factory(sups), echo_child=False)
     elapsed = time.monotonic() - t0
     assert rc == 0, trainer_log_path(run).read_text()
     kinds = [k for k, _ in sups[0].events]
