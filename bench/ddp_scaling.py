@@ -46,6 +46,7 @@ def child(spec: dict) -> None:
         "run_dir": spec["run_dir"], "data.training_files": str(data / "train.txt"),
         "data.validation_files": str(data / "val.txt"), "data.batch_size": spec["batch_size"],
         "data.num_workers": 0, "train.device": spec["device"], "train.torch_threads": 1,
+        "train.cuda_graphs": False,  # DDP runs the decoder eagerly: so does the plain side here
         "train.max_steps": spec["warmup"] + spec["steps"], "tracking.enabled": False,
         "eval.every_steps": 10**9, "checkpoint.every_steps": 10**9})
     stamps: list[tuple[float, int]] = []
@@ -85,7 +86,8 @@ def run(nproc: int, args: argparse.Namespace, torchrun: bool) -> dict:
     script = [str(Path(__file__).resolve()), "--_child", json.dumps(spec)]
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *script]
            if torchrun else [sys.executable, *script])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     how = "under torchrun (DDP)" if torchrun else "plain"
     print(f"[{nproc} process(es), {how}] {args.warmup} warm-up + {args.steps} timed steps, "
           f"global batch {args.batch_size}", flush=True)
