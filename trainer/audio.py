@@ -44,10 +44,13 @@ def _stft_key(config: AudioConfig) -> _StftKey:
 @lru_cache(maxsize=8)
 def _mel_basis(key: _StftKey) -> np.ndarray:
     """Slaney-normalised mel filterbank, ``[n_mels, filter_length // 2 + 1]`` float64."""
-    import librosa  # slow to import; only needed the first time a basis is built
+    # Slow to import; only needed the first time a basis is built. The submodule by name:
+    # librosa's lazy attribute loading failed on a GPU image that had it installed with
+    # pip --target ("module 'librosa' has no attribute 'filters'").
+    from librosa.filters import mel
 
     sampling_rate, n_fft, _, _, n_mels, fmin, fmax = key
-    return librosa.filters.mel(sr=sampling_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, dtype=np.float64)
+    return mel(sr=sampling_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, dtype=np.float64)
 
 
 def _window(key: _StftKey) -> np.ndarray:

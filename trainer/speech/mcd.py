@@ -42,12 +42,12 @@ def mel_cepstrum(log_mel: np.ndarray, n_coefficients: int = N_COEFFICIENTS) -> n
 
 def mcd_dtw(generated: np.ndarray, reference: np.ndarray, n_coefficients: int = N_COEFFICIENTS) -> float:
     """MCD-DTW in dB between two log-mels ``[n_mels, frames]`` (any lengths)."""
-    import librosa
+    from librosa.sequence import dtw  # by name: see trainer/audio.py on librosa's lazy loading
 
     x = mel_cepstrum(generated, n_coefficients)
     y = mel_cepstrum(reference, n_coefficients)
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         return math.nan
-    _, path = librosa.sequence.dtw(X=x, Y=y, metric="euclidean", backtrack=True)
+    _, path = dtw(X=x, Y=y, metric="euclidean", backtrack=True)
     diff = x[:, path[:, 0]] - y[:, path[:, 1]]
     return float(_DB * np.sqrt((diff ** 2).sum(axis=0)).mean())
