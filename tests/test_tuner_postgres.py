@@ -95,19 +95,6 @@ def test_two_workers_share_one_study_and_never_run_a_trial_twice(postgres, espea
             assert PASSWORD not in path.read_text(errors="replace"), path
 
 
-def _descendants(pid: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                children.append(int(entry.name))
-    return children + [d for c in children for d in _descendants(c)]
-
-
 def test_a_killed_workers_trial_is_failed_by_the_heartbeat_and_run_again(postgres, espeak_dataset, tmp_path):
     import optuna
     from optuna.trial import TrialState
@@ -123,8 +110,13 @@ def test_a_killed_workers_trial_is_failed_by_the_heartbeat_and_run_again(postgre
             return None
         return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
 
-    victim = wait_until(running, 120, "the first worker's trial to run")[0]
-    wait_until(lambda: _descendants(doomed.pid), 60, "the trial process to start")
+    wait_until(running, 120, "the first worker's trial to run")
+    # The trial process starts once its values are all drawn and its spec is written (a
+    # child process alone says little: the worker starts short-lived helpers too).
+    spec = tmp_path / "killed" / "study" / "trials" / "trial-0000" / "spec.json"
+    wait_until(spec.exists, 120, "the trial's spec (written just before its process starts)")
+    time.sleep(2)  # the trial process is under way
+    victim = running()[0]
     os.killpg(doomed.pid, signal.SIGKILL)  # the worker and its trial, at once
     doomed.wait(timeout=30)
     time.sleep(4)  # past the grace period: the trial's heartbeat has stopped
