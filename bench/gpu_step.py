@@ -147,14 +147,19 @@ def bench_batches(spec: dict, config) -> list:
 
 
 def timed_loop(spec: dict, batches: list, step, label: str) -> tuple[list[float], list[int], list[int]]:
+    """``step(batch) -> loss`` over the batches, synchronised; the timed ones' seconds and frames."""
     import torch
+
+    def sync() -> None:
+        if torch.cuda.is_available() and spec.get("device", "cuda") == "cuda":
+            torch.cuda.synchronize()
 
     times, frames, padded = [], [], []
     for i, batch in enumerate(batches):
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         loss = step(batch)
-        torch.cuda.synchronize()
+        sync()
         dt = time.perf_counter() - t0
         if i >= spec["warmup"]:
             times.append(dt)
@@ -270,48 +275,28 @@ def run_ours(spec: dict) -> dict:
                 print(f"  [{spec['mode']}] {shapes} shapes captured in {capture_seconds:.1f} s",
                       file=sys.stderr, flush=True)
 
-        def sync() -> None:
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
+        seen = {"steps": 0, "skipped_before": 0, "record": None}
 
-        times, frames, padded, skipped_before = [], [], [], 0
-        for i, batch in enumerate(batches):
-            if i == spec["warmup"]:
-                skipped_before = trainer.skipped_steps
-            sync()
-            t0 = time.perf_counter()
-            record = trainer.train_step(batch)
-            sync()
-            dt = time.perf_counter() - t0
-            if i >= spec["warmup"]:
-                times.append(dt)
-                frames.append(int(batch.mel_lengths.sum()))
-                padded.append(batch.mel.size(0) * batch.mel.size(2))
-            print(f"  [{spec['mode']}] {'warm-up' if i < spec['warmup'] else 'timed'} step {i + 1}: {dt:.3f} s "
-                  f"(batch {batch.mel.size(0)} x {batch.mel.size(2)} frames, loss {record.loss:.3f})",
-                  file=sys.stderr, flush=True)
-        result = {
-            "mode": spec["mode"],
+        def step(batch) -> float:
+            if seen["steps"] == spec["warmup"]:
+                seen["skipped_before"] = trainer.skipped_steps
+            seen["steps"] += 1
+            seen["record"] = trainer.train_step(batch)
+            return seen["record"].loss
+
+        result = timing_summary(spec, *timed_loop(spec, batches, step, spec["mode"]))
+        result.update({
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
             "amp_dtype": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "float32",
             "grad_scaler": trainer.scaler is not None,
-            "batch_size": spec["batch_size"],
             "r": config.model.n_frames_per_step,
-            "steps": len(times),
-            "s_per_step": statistics.fmean(times),
-            "s_per_step_median": statistics.median(times),
-            "s_per_step_stdev": statistics.stdev(times) if len(times) > 1 else 0.0,
-            "step_seconds": [round(t, 4) for t in times],
-            "real_frames_per_second": sum(frames) / sum(times),
-            "mean_padded_frames": statistics.fmean(padded),
-            "padding_ratio": sum(padded) / sum(frames),
-            "skipped_steps_timed": trainer.skipped_steps - skipped_before,
+            "skipped_steps_timed": trainer.skipped_steps - seen["skipped_before"],
             "skipped_steps_total": trainer.skipped_steps,
             "graph_shapes": shapes,
             "capture_seconds": round(capture_seconds, 1),
-            "final_loss": record.loss,
+            "final_loss": seen["record"].loss,
             "parameters_m": round(sum(p.numel() for p in trainer.model.parameters()) / 1e6, 3),
-        }
+        })
         if dev.type == "cuda":
             result["max_memory_allocated_gib"] = torch.cuda.max_memory_allocated(dev) / GIB
             result["max_memory_reserved_gib"] = torch.cuda.max_memory_reserved(dev) / GIB

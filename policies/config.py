@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, SerializeAsAny, ValidationError, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import Field, SerializeAsAny, model_validator
 
 from policies.custom import CustomRule, load_custom_rules
 from policies.settings import RuleSettings, Section as _Section
-from trainer.plugins import validate_section
+from trainer.plugins import config_error, validate_section
 
 
 class AlignedConfig(_Section):
@@ -220,9 +219,7 @@ class PolicyConfig(_Section):
         try:
             rules = load_custom_rules(paths, reserved=tuple(cls.model_fields))
         except (ValueError, TypeError, ImportError) as exc:
-            error = InitErrorDetails(type=PydanticCustomError("custom_rule", str(exc)), loc=("custom_rules",),
-                                     input=paths)
-            raise ValidationError.from_exception_data(cls.__name__, [error]) from None
+            raise config_error(cls.__name__, "custom_rule", str(exc), ("custom_rules",), paths) from None
         data = dict(data)
         # A section at the top level (as a user writes it) or, when a dump is read back, under custom_settings.
         dumped = data.get("custom_settings") or {}

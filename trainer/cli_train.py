@@ -60,29 +60,37 @@ def run_training(config, resume=False, warm_start=None, ignore_layers=(), mlflow
     """Build a vanilla (unsupervised) trainer with console and MLflow callbacks and run it.
 
     It holds the run's train lock throughout: a run folder that another trainer trains,
-    or that a live daemon supervises, is refused (UserError naming its pid)."""
+    or that a live daemon supervises, is refused (UserError naming its pid). With several
+    processes (``train.nproc_per_node``) it runs itself under torchrun, which holds the
+    lock while its processes train."""
     from trainer import distributed
     from trainer.runlock import hold_train_lock
 
     if config.train.nproc_per_node > 1 or config.train.rdzv_endpoint:
         if not distributed.under_torchrun():
             return _launch_torchrun(config)
-        return _train_one_rank(config, resume, warm_start, ignore_layers, mlflow)
+        try:  # one process of the group: the launcher holds the lock
+            return _train(config, resume, warm_start, ignore_layers, mlflow)
+        finally:
+            distributed.leave()
     with hold_train_lock(config.run_dir):
-        from trainer.callbacks import ConsoleProgress
-        from trainer.loop import Trainer
+        return _train(config, resume, warm_start, ignore_layers, mlflow)
 
-        callbacks: list = [ConsoleProgress(config.train.log_every)]
-        if mlflow and config.tracking.enabled:
-            from trainer.tracking import MlflowLogger
 
-            callbacks.append(MlflowLogger(config.tracking, config.run_dir))
-        trainer = Trainer(config, callbacks=callbacks, resume=resume, warm_start=warm_start,
-                          ignore_layers=ignore_layers)
-        # SIGTERM/SIGINT: finish the step, write a final checkpoint, exit 0.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, frame: trainer.request_stop(signal.Signals(signum).name))
-        return trainer.train()
+def _train(config, resume, warm_start, ignore_layers, mlflow) -> str:
+    from trainer.callbacks import ConsoleProgress
+    from trainer.loop import Trainer
+
+    callbacks: list = [ConsoleProgress(config.train.log_every)]  # a rank > 0 drops them itself
+    if mlflow and config.tracking.enabled:
+        from trainer.tracking import MlflowLogger
+
+        callbacks.append(MlflowLogger(config.tracking, config.run_dir))
+    trainer = Trainer(config, callbacks=callbacks, resume=resume, warm_start=warm_start, ignore_layers=ignore_layers)
+    # SIGTERM/SIGINT: finish the step, write a final checkpoint, exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: trainer.request_stop(signal.Signals(signum).name))
+    return trainer.train()
 
 
 def _launch_torchrun(config) -> str:
@@ -106,27 +114,6 @@ def _launch_torchrun(config) -> str:
     if code != 0:
         raise UserError(f"torchrun ended with exit status {code}; each process's error is above")
     return "torchrun"
-
-
-def _train_one_rank(config, resume, warm_start, ignore_layers, mlflow) -> str:
-    """One process of a torchrun group (the launcher holds the run's train lock)."""
-    from trainer import distributed
-    from trainer.callbacks import ConsoleProgress
-    from trainer.loop import Trainer
-
-    callbacks: list = [ConsoleProgress(config.train.log_every)]
-    if mlflow and config.tracking.enabled:
-        from trainer.tracking import MlflowLogger
-
-        callbacks.append(MlflowLogger(config.tracking, config.run_dir))
-    try:
-        trainer = Trainer(config, callbacks=callbacks, resume=resume, warm_start=warm_start,
-                          ignore_layers=ignore_layers)  # rank > 0 drops the callbacks itself
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, frame: trainer.request_stop(signal.Signals(signum).name))
-        return trainer.train()
-    finally:
-        distributed.leave()
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

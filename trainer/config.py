@@ -14,11 +14,10 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from trainer.custom_metrics import CustomMetric, MetricSettings, load_custom_metrics
 from trainer.errors import UserError
-from trainer.plugins import validate_section
+from trainer.plugins import config_error, validate_section
 
 
 class _Section(BaseModel):
@@ -261,15 +260,12 @@ class EvalConfig(_Section):
         try:
             found = load_custom_metrics(paths)
         except (ValueError, TypeError, ImportError) as exc:
-            error = InitErrorDetails(type=PydanticCustomError("custom_metric", str(exc)), loc=("custom_metrics",),
-                                     input=paths)
-            raise ValidationError.from_exception_data(cls.__name__, [error]) from None
+            raise config_error(cls.__name__, "custom_metric", str(exc), ("custom_metrics",), paths) from None
         unknown = sorted(set(sections) - set(found))
         if unknown:
             known = ", ".join(sorted(found)) or "none installed or named in eval.custom_metrics"
-            problem = PydanticCustomError("custom_metric", f"no custom metric named {unknown[0]!r} (known: {known})")
-            error = InitErrorDetails(type=problem, loc=("metrics", unknown[0]), input=sections[unknown[0]])
-            raise ValidationError.from_exception_data(cls.__name__, [error])
+            raise config_error(cls.__name__, "custom_metric", f"no custom metric named {unknown[0]!r} (known: {known})",
+                               ("metrics", unknown[0]), sections[unknown[0]])
         validated = {name: validate_section(m.settings, sections.get(name), "metrics", name)
                      for name, m in found.items()}
         return {**data, "metrics": validated}

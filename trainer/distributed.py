@@ -88,6 +88,16 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def barrier(group: Group | None) -> None:
+    """Wait for every rank (the end of a run: no process tears the group down while another
+    still uses it; gloo has aborted a process that did)."""
+    if group is None:
+        return
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
 def leave() -> None:
     import torch.distributed as dist
 
@@ -102,10 +112,10 @@ def shard(batch: list[int], group: Group | None) -> list[int]:
 
 def broadcast_from_main(value: Any, group: Group | None) -> Any:
     """Rank 0's ``value`` on every rank (picklable objects; a few hundred bytes a step)."""
-    import torch.distributed as dist
-
     if group is None:
         return value
+    import torch.distributed as dist
+
     box = [value if group.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -113,10 +123,10 @@ def broadcast_from_main(value: Any, group: Group | None) -> Any:
 
 def mean_over_ranks(values: "torch.Tensor", group: Group | None) -> "torch.Tensor":
     """The mean of a tensor over all ranks (telemetry of the global batch)."""
+    if group is None:  # every step of a single-process run: nothing to do
+        return values
     import torch.distributed as dist
 
-    if group is None:
-        return values
     out = values.detach().clone()
     dist.all_reduce(out)
     return out / group.world

@@ -213,6 +213,7 @@ class Trainer:
             self.save_checkpoint("final")
         self._notify("on_train_end", self, self.stop_reason)
         self.port.close()
+        distributed.barrier(self.group)
         return self.stop_reason
 
     @property

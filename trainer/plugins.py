@@ -90,6 +90,15 @@ def collect(group: str, import_paths: Sequence[str], kind: type[_T], what: str,
     return found
 
 
+def config_error(title: str, kind: str, message: str, loc: tuple[str, ...], value: Any) -> ValidationError:
+    """A one-entry ValidationError for a config section (``loc`` says where), so a problem
+    found while loading extensions reads like any other config error."""
+    from pydantic_core import PydanticCustomError
+
+    error = InitErrorDetails(type=PydanticCustomError(kind, message), loc=loc, input=value)
+    return ValidationError.from_exception_data(title, [error])
+
+
 def validate_section(model: type[BaseModel], value: Any, *loc: str) -> BaseModel:
     """``value`` validated by ``model``; errors are reported under ``loc`` (where the section
     sits), so that they read ``...policies.my_rule.threshold: ...`` like a built-in section's."""
